@@ -1,0 +1,23 @@
+# Everything a fresh machine needs comes from here: `make test` builds the venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+# Two pytest workers on the 2-core CI machine; override with `make test PYTEST_WORKERS=0`.
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup test clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install -r requirements.txt
+	$(VPY) -m pip install --no-deps -e .
+	touch $@
+
+test: setup
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,29 @@
+"""RRAttention: dynamic block-sparse attention with per-head round-robin query sampling.
+
+The normative definition is ``spec.md``; :mod:`rrattention.reference` implements it stage by stage.
+"""
+
+from . import reference
+from .api import block_sparse_attention, estimate_block_scores, rr_attention, select_blocks, to_kv_index
+from .config import HEAD_SHIFTS, SELECTORS, RRConfig
+from .pipeline import dense_reason
+from .stats import RRStats
+from .varlen import rr_attention_varlen
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HEAD_SHIFTS",
+    "RRConfig",
+    "RRStats",
+    "SELECTORS",
+    "__version__",
+    "block_sparse_attention",
+    "dense_reason",
+    "estimate_block_scores",
+    "reference",
+    "rr_attention",
+    "rr_attention_varlen",
+    "select_blocks",
+    "to_kv_index",
+]

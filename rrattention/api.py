@@ -1,0 +1,184 @@
+"""Public functions on padded ``[B, H, L, D]`` tensors (HF transformers layout).
+
+Each validates its arguments, then runs the stage of ``spec.md`` it names. The packed
+variable-length form is in :mod:`rrattention.varlen`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._checks import (
+    check_block_grid,
+    check_finite,
+    check_length,
+    check_qkv,
+    check_scale,
+)
+from .config import RRConfig
+from .pipeline import estimate, resolve, run_attention, select
+from .stats import RRStats
+
+
+def estimate_block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cfg: RRConfig | None = None,
+    *,
+    layer: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Block scores of RRAttention's estimator (spec §2–§3).
+
+    Args:
+        q: ``[B, Hq, Lq, D]``, fp16/bf16/fp32.
+        k: ``[B, Hkv, Lk, D]``, same dtype and device, ``Hq % Hkv == 0``, ``Lq ≤ Lk``.
+        cfg: settings (default ``RRConfig()``); ``stride``, ``block_size``, ``head_shift``,
+            ``exact_stride_causal`` and ``seed`` are used.
+        layer: layer index: applies ``cfg.layer_overrides[layer]`` and seeds ``head_shift="random"``.
+        scale: logit scale, default ``1/√D``.
+
+    Returns:
+        fp32 ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]``; each row holds the softmax mass of the sampled
+        queries of that query block (``Bk/S`` per full block).
+    """
+    shape = check_qkv(q, k)
+    cfg, layer = resolve(cfg, layer)
+    return estimate(q, k, cfg, layer, check_scale(scale, shape.head_dim), shape)
+
+
+def select_blocks(
+    scores: torch.Tensor,
+    cfg: RRConfig | None = None,
+    *,
+    q_len: int,
+    k_len: int,
+    layer: int | None = None,
+) -> torch.Tensor:
+    """Top-τ block mask from block scores (spec §4): ranked selection, causal AND, forced blocks.
+
+    Args:
+        scores: ``[B, Hq, ceil(q_len/Bk), ceil(k_len/Bk)]``, non-negative.
+        cfg: settings (default ``RRConfig()``); ``block_size``, ``tau``, ``selector`` and the
+            ``force_*`` / ``dense_last_query_block`` flags are used.
+        q_len, k_len: ``Lq ≤ Lk``; queries are the last ``Lq`` of the ``Lk`` positions.
+        layer: applies ``cfg.layer_overrides[layer]``.
+
+    Returns:
+        bool ``[B, Hq, ceil(q_len/Bk), ceil(k_len/Bk)]``.
+    """
+    cfg, layer = resolve(cfg, layer)
+    q_len, k_len = check_length("q_len", q_len), check_length("k_len", k_len)
+    if q_len > k_len:
+        raise ValueError(f"q_len must be <= k_len, got q_len={q_len} > k_len={k_len}")
+    check_block_grid("scores", scores, q_len, k_len, cfg.block_size)
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
+    return select(scores, cfg, q_len, k_len)
+
+
+def to_kv_index(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact form of a block mask for kernels (spec §4 outputs).
+
+    Args:
+        block_mask: bool ``[B, Hq, nbq, nbk]``.
+
+    Returns:
+        ``(kv_count, kv_index)``: int32 ``[B, Hq, nbq]`` and int32 ``[B, Hq, nbq, nbk]``; the first
+        ``kv_count`` entries of each row are the selected key blocks in ascending order, the rest
+        the unselected ones in ascending order (FlexAttention's ``from_kv_blocks`` layout).
+    """
+    if not isinstance(block_mask, torch.Tensor):
+        raise TypeError(f"block_mask must be a torch.Tensor, got {type(block_mask).__name__}")
+    if block_mask.dim() != 4 or block_mask.numel() == 0:
+        raise ValueError(f"block_mask must be a non-empty 4-D tensor [B, Hq, nbq, nbk], got shape {tuple(block_mask.shape)}")
+    if block_mask.dtype != torch.bool:
+        raise ValueError(f"block_mask must be a bool tensor, got {block_mask.dtype}")
+    return reference.to_kv_index(block_mask)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    block_size: int = 128,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention restricted to the selected blocks (spec §5).
+
+    Each query attends, with an exact softmax, to the keys ``≤ query + δ`` (bottom-right causal,
+    ``δ = Lk − Lq``) inside its row's selected blocks. A query with no such key outputs zeros and
+    LSE ``−inf`` (only possible when the diagonal block is not selected).
+
+    Args:
+        q: ``[B, Hq, Lq, D]``.
+        k, v: ``[B, Hkv, Lk, D]``, ``Hq % Hkv == 0`` (GQA without repeating K/V), ``Lq ≤ Lk``.
+        block_mask: bool ``[B, Hq, ceil(Lq/block_size), ceil(Lk/block_size)]``; size-1 batch or
+            head dims broadcast.
+        scale: softmax scale, default ``1/√D``.
+        return_lse: also return the log-sum-exp.
+        block_size: ``Bk``, the side of a mask block in tokens.
+
+    Returns:
+        ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_lse``, ``(out, lse)`` where ``lse``
+        is fp32 ``[B, Hq, Lq]``.
+    """
+    shape = check_qkv(q, k, v)
+    block_size = check_length("block_size", block_size)
+    check_block_grid(
+        "block_mask", block_mask, shape.q_len, shape.k_len, block_size,
+        batch=shape.batch, heads=shape.q_heads, broadcast=True,
+    )
+    if block_mask.dtype != torch.bool:
+        raise ValueError(f"block_mask must be a bool tensor, got {block_mask.dtype}")
+    if block_mask.device != q.device:
+        raise ValueError(f"block_mask must be on the device of q ({q.device}), got {block_mask.device}")
+    out, lse = reference.block_sparse_attention(q, k, v, block_mask, block_size=block_size, scale=check_scale(scale, shape.head_dim))
+    return (out, lse) if return_lse else out
+
+
+def rr_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cfg: RRConfig | None = None,
+    *,
+    scale: float | None = None,
+    layer: int | None = None,
+    return_stats: bool = False,
+    check_inputs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
+    """RRAttention: estimate (§2–§3), select (§4), block-sparse attention (§5), with the policies of §6.
+
+    Runs dense causal attention instead when ``layer`` is in ``cfg.dense_layers``, when
+    ``Lk < cfg.min_sparse_len``, or for a single query (``Lq == 1``, decode).
+
+    Args:
+        q: ``[B, Hq, Lq, D]``, fp16/bf16/fp32.
+        k, v: ``[B, Hkv, Lk, D]``, same dtype and device, ``Hq % Hkv == 0``, ``Lq ≤ Lk``
+            (``Lq < Lk`` is chunked prefill: queries are the last ``Lq`` positions).
+        cfg: settings, default ``RRConfig()``.
+        scale: softmax scale for estimation and attention, default ``1/√D``.
+        layer: layer index: applies ``cfg.layer_overrides`` and ``cfg.dense_layers``, seeds
+            ``head_shift="random"``.
+        return_stats: also return :class:`RRStats` (costs a host sync).
+        check_inputs: raise ValueError if q, k or v hold NaN/inf (costs a host sync).
+
+    Returns:
+        ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)``.
+    """
+    shape = check_qkv(q, k, v)
+    cfg, layer = resolve(cfg, layer)
+    scale = check_scale(scale, shape.head_dim)
+    if check_inputs:
+        check_finite(q=q, k=k, v=v)
+    out, block_mask, reason = run_attention(q, k, v, cfg, layer, scale, shape)
+    if not return_stats:
+        return out
+    visible = reference.visible_blocks(shape.q_len, shape.k_len, cfg.block_size, q.device)
+    visible = visible.expand(shape.batch, shape.q_heads, -1, -1)
+    return out, RRStats.from_masks(visible if block_mask is None else block_mask, visible, [reason] * shape.batch)

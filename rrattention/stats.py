@@ -1,0 +1,38 @@
+"""What one attention call selected, and its sparsity as spec §6 counts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RRStats:
+    """Selection made by one ``rr_attention`` / ``rr_attention_varlen`` call.
+
+    Attributes:
+        block_mask: bool ``[B, Hq, nbq, nbk]``, the blocks attention computed. For the varlen form
+            ``B`` is the number of sequences and the grid is padded (with False) to the longest.
+            A dense call reports its causally visible blocks.
+        visible_mask: bool, same shape: the causally visible blocks of each sequence.
+        sparsity: ``1 − selected / visible`` counted over every (sequence, head, query block).
+        dense_reasons: per sequence, why it ran dense attention (None where it ran sparse).
+    """
+
+    block_mask: torch.Tensor
+    visible_mask: torch.Tensor
+    sparsity: float
+    dense_reasons: tuple[str | None, ...]
+
+    @classmethod
+    def from_masks(cls, block_mask: torch.Tensor, visible_mask: torch.Tensor, dense_reasons) -> "RRStats":
+        selected = int((block_mask & visible_mask).sum())
+        visible = int(visible_mask.sum())
+        return cls(block_mask, visible_mask, 1.0 - selected / visible, tuple(dense_reasons))
+
+    @property
+    def sparsity_per_head(self) -> torch.Tensor:
+        """fp32 ``[B, Hq]``: the sparsity of each (sequence, head)."""
+        selected = (self.block_mask & self.visible_mask).sum(dim=(-2, -1)).float()
+        return 1.0 - selected / self.visible_mask.sum(dim=(-2, -1)).float()
