@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import backends, reference
 from ._checks import (
     check_block_grid,
     check_finite,
@@ -17,7 +17,7 @@ from ._checks import (
     check_scale,
 )
 from .config import RRConfig
-from .pipeline import estimate, resolve, run_attention, select
+from .pipeline import Selection, attend, estimate, problem, resolve, run_attention, select
 from .stats import RRStats
 
 
@@ -28,6 +28,7 @@ def estimate_block_scores(
     *,
     layer: int | None = None,
     scale: float | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Block scores of RRAttention's estimator (spec §2–§3).
 
@@ -38,6 +39,7 @@ def estimate_block_scores(
             ``exact_stride_causal`` and ``seed`` are used.
         layer: layer index: applies ``cfg.layer_overrides[layer]`` and seeds ``head_shift="random"``.
         scale: logit scale, default ``1/√D``.
+        backend: force a backend (see :mod:`rrattention.backends`); default: the first capable.
 
     Returns:
         fp32 ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]``; each row holds the softmax mass of the sampled
@@ -45,7 +47,8 @@ def estimate_block_scores(
     """
     shape = check_qkv(q, k)
     cfg, layer = resolve(cfg, layer)
-    return estimate(q, k, cfg, layer, check_scale(scale, shape.head_dim), shape)
+    chosen = backends.choose("estimate", problem(q, shape, cfg), backend)
+    return estimate(chosen, q, k, cfg, layer, check_scale(scale, shape.head_dim), shape)
 
 
 def select_blocks(
@@ -55,6 +58,7 @@ def select_blocks(
     q_len: int,
     k_len: int,
     layer: int | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Top-τ block mask from block scores (spec §4): ranked selection, causal AND, forced blocks.
 
@@ -64,6 +68,7 @@ def select_blocks(
             ``force_*`` / ``dense_last_query_block`` flags are used.
         q_len, k_len: ``Lq ≤ Lk``; queries are the last ``Lq`` of the ``Lk`` positions.
         layer: applies ``cfg.layer_overrides[layer]``.
+        backend: force a backend; default: the first capable.
 
     Returns:
         bool ``[B, Hq, ceil(q_len/Bk), ceil(k_len/Bk)]``.
@@ -75,7 +80,8 @@ def select_blocks(
     check_block_grid("scores", scores, q_len, k_len, cfg.block_size)
     if not scores.is_floating_point():
         raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
-    return select(scores, cfg, q_len, k_len)
+    prob = backends.Problem(scores.device, cfg.block_size)
+    return select(backends.choose("select", prob, backend), scores.float(), cfg, q_len, k_len).block_mask
 
 
 def to_kv_index(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +113,7 @@ def block_sparse_attention(
     return_lse: bool = False,
     *,
     block_size: int = 128,
+    backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal attention restricted to the selected blocks (spec §5).
 
@@ -122,6 +129,7 @@ def block_sparse_attention(
         scale: softmax scale, default ``1/√D``.
         return_lse: also return the log-sum-exp.
         block_size: ``Bk``, the side of a mask block in tokens.
+        backend: force a backend (``triton``, ``flex``, ``reference``); default: the first capable.
 
     Returns:
         ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_lse``, ``(out, lse)`` where ``lse``
@@ -137,7 +145,9 @@ def block_sparse_attention(
         raise ValueError(f"block_mask must be a bool tensor, got {block_mask.dtype}")
     if block_mask.device != q.device:
         raise ValueError(f"block_mask must be on the device of q ({q.device}), got {block_mask.device}")
-    out, lse = reference.block_sparse_attention(q, k, v, block_mask, block_size=block_size, scale=check_scale(scale, shape.head_dim))
+    prob = backends.Problem(q.device, block_size, q.dtype, shape.head_dim)
+    chosen = backends.choose("attention", prob, backend)
+    out, lse = attend(chosen, q, k, v, Selection(block_mask), block_size, check_scale(scale, shape.head_dim))
     return (out, lse) if return_lse else out
 
 
@@ -151,6 +161,7 @@ def rr_attention(
     layer: int | None = None,
     return_stats: bool = False,
     check_inputs: bool = False,
+    backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
     """RRAttention: estimate (§2–§3), select (§4), block-sparse attention (§5), with the policies of §6.
 
@@ -167,6 +178,8 @@ def rr_attention(
             ``head_shift="random"``.
         return_stats: also return :class:`RRStats` (costs a host sync).
         check_inputs: raise ValueError if q, k or v hold NaN/inf (costs a host sync).
+        backend: force a backend for the stages it implements (others: the first capable);
+            ``rrattention.backends.explain`` says why a backend declines.
 
     Returns:
         ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)``.
@@ -176,9 +189,10 @@ def rr_attention(
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
-    out, block_mask, reason = run_attention(q, k, v, cfg, layer, scale, shape)
+    out, block_mask, reason, used = run_attention(q, k, v, cfg, layer, scale, shape, backend)
     if not return_stats:
         return out
     visible = reference.visible_blocks(shape.q_len, shape.k_len, cfg.block_size, q.device)
     visible = visible.expand(shape.batch, shape.q_heads, -1, -1)
-    return out, RRStats.from_masks(visible if block_mask is None else block_mask, visible, [reason] * shape.batch)
+    mask = visible if block_mask is None else block_mask
+    return out, RRStats.from_masks(mask, visible, [reason] * shape.batch, used)

@@ -63,7 +63,9 @@ class RRConfig:
         dense_last_query_block: keep every visible block of the last query-block row.
         exact_stride_causal: in the estimator, drop the keys of the diagonal stride that lie after
             the sampled query (they count as zero, the divisor stays ``S``); an ablation.
-        min_sparse_len: calls with key length below this run dense attention (§6).
+        min_sparse_len: calls with key length below this run dense attention (§6). The default
+            is the measured crossover on an H100 (results/kernels/h100/bench_kernels.md): below
+            8192 tokens, estimation plus sparse attention at half density is slower than cuDNN.
         dense_layers: layer indices that always run dense attention.
         seed: seeds ``head_shift="random"``.
         layer_overrides: ``{layer: {field: value}}``; any field except ``dense_layers``, ``seed``
@@ -79,7 +81,7 @@ class RRConfig:
     force_diagonal: bool = True
     dense_last_query_block: bool = True
     exact_stride_causal: bool = False
-    min_sparse_len: int = 0
+    min_sparse_len: int = 8192
     dense_layers: tuple[int, ...] = ()
     seed: int = 0
     layer_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)

@@ -1,15 +1,30 @@
 """The steps every entry point shares: resolve the per-layer config, apply the dense policies of
-spec §6, and run estimate → select → attend on one padded batch of validated tensors."""
+spec §6, pick a backend per stage, and run estimate → select → attend on validated tensors."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import reference
+from . import backends, reference
 from ._checks import AttentionShape, check_config, check_layer
 from .config import RRConfig
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Output of stage 3: the dense mask and its compact form (``kv_*`` may be None: derive on demand)."""
+
+    block_mask: torch.Tensor
+    kv_count: torch.Tensor | None = None
+    kv_index: torch.Tensor | None = None
+
+    def compact(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kv_count is None:
+            return reference.to_kv_index(self.block_mask)
+        return self.kv_count, self.kv_index
 
 
 def dense_reason(cfg: RRConfig, layer: int | None, q_len: int, k_len: int) -> str | None:
@@ -29,7 +44,21 @@ def resolve(cfg: Any, layer: Any) -> tuple[RRConfig, int | None]:
     return (cfg if layer is None else cfg.for_layer(layer)), layer
 
 
-def estimate(q, k, cfg: RRConfig, layer: int | None, scale: float, shape: AttentionShape) -> torch.Tensor:
+def problem(q: torch.Tensor, shape: AttentionShape, cfg: RRConfig, varlen: bool = False) -> backends.Problem:
+    return backends.Problem(
+        device=q.device, block_size=cfg.block_size, dtype=q.dtype, head_dim=shape.head_dim,
+        stride=cfg.stride, group=shape.q_heads // shape.kv_heads, varlen=varlen,
+    )
+
+
+def estimate(backend: str, q, k, cfg: RRConfig, layer: int | None, scale: float, shape: AttentionShape) -> torch.Tensor:
+    if backend == "triton":
+        from .kernels.estimate import estimate_block_scores
+
+        return estimate_block_scores(
+            q, k, stride=cfg.stride, block_size=cfg.block_size, head_shift=cfg.head_shift, scale=scale,
+            layer=layer or 0, seed=cfg.seed, exact_stride_causal=cfg.exact_stride_causal,
+        )
     offsets = reference.head_offsets(shape.q_heads, shape.kv_heads, cfg.stride, cfg.head_shift, layer=layer or 0, seed=cfg.seed)
     return reference.block_scores(
         q, k, stride=cfg.stride, block_size=cfg.block_size, offsets=offsets,
@@ -37,19 +66,71 @@ def estimate(q, k, cfg: RRConfig, layer: int | None, scale: float, shape: Attent
     )
 
 
-def select(scores: torch.Tensor, cfg: RRConfig, q_len: int, k_len: int) -> torch.Tensor:
-    return reference.select_blocks(
-        scores, q_len=q_len, k_len=k_len, block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector,
-        force_sink=cfg.force_sink, force_diagonal=cfg.force_diagonal, dense_last_query_block=cfg.dense_last_query_block,
+def select(backend: str, scores: torch.Tensor, cfg: RRConfig, q_len: int, k_len: int) -> Selection:
+    flags = dict(
+        block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector, force_sink=cfg.force_sink,
+        force_diagonal=cfg.force_diagonal, dense_last_query_block=cfg.dense_last_query_block,
     )
+    if backend == "triton":
+        from .kernels.select import select_blocks
+
+        return Selection(*select_blocks(scores, q_len=q_len, k_len=k_len, **flags))
+    return Selection(reference.select_blocks(scores, q_len=q_len, k_len=k_len, **flags))
 
 
-def run_attention(q, k, v, cfg: RRConfig, layer: int | None, scale: float, shape: AttentionShape):
-    """Returns ``(out, block_mask or None if dense, dense reason or None)``."""
+def attend(backend: str, q, k, v, selection: Selection, block_size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        from .kernels.block_sparse_attention import block_sparse_attention
+
+        kv_count, kv_index = selection.compact()
+        return block_sparse_attention(q, k, v, kv_count, kv_index, block_size=block_size, scale=scale)
+    if backend == "flex":
+        from .kernels.flex_attention import block_sparse_attention
+
+        return block_sparse_attention(q, k, v, selection.block_mask, block_size=block_size, scale=scale)
+    return reference.block_sparse_attention(q, k, v, selection.block_mask, block_size=block_size, scale=scale)
+
+
+def run_attention(q, k, v, cfg: RRConfig, layer: int | None, scale: float, shape: AttentionShape, backend: str | None = None):
+    """Padded batch. Returns ``(out, block_mask or None if dense, dense reason or None, backends used)``."""
+    if backend is not None:
+        backends.get(backend)  # a misspelt name fails even when the call runs dense
     reason = dense_reason(cfg, layer, shape.q_len, shape.k_len)
     if reason is not None:
-        return reference.dense_causal_attention(q, k, v, scale=scale), None, reason
-    scores = estimate(q, k, cfg, layer, scale, shape)
-    block_mask = select(scores, cfg, shape.q_len, shape.k_len)
-    out, _ = reference.block_sparse_attention(q, k, v, block_mask, block_size=cfg.block_size, scale=scale)
-    return out, block_mask, None
+        return reference.dense_causal_attention(q, k, v, scale=scale), None, reason, {"attention": "sdpa"}
+    prob = problem(q, shape, cfg)
+    used = {stage: backends.choose(stage, prob, backend) for stage in backends.STAGES}
+    scores = estimate(used["estimate"], q, k, cfg, layer, scale, shape)
+    selection = select(used["select"], scores, cfg, shape.q_len, shape.k_len)
+    out, _ = attend(used["attention"], q, k, v, selection, cfg.block_size, scale)
+    return out, selection.block_mask, None, used
+
+
+def run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
+                         cfg: RRConfig, layer: int | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed sequences through the Triton kernels in one launch per stage, with the dense policies
+    of spec §6 applied per sequence inside the selection kernel (no host synchronisation).
+
+    Returns ``out`` ``[Tq, Hq, D]`` and the block mask ``[N, Hq, nbq_max, nbk_max]``.
+    """
+    from .kernels.block_sparse_attention import block_sparse_attention
+    from .kernels.estimate import estimate_block_scores
+    from .kernels.select import select_blocks
+
+    varlen = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    scores = estimate_block_scores(
+        q, k, stride=cfg.stride, block_size=cfg.block_size, head_shift=cfg.head_shift, scale=scale,
+        layer=layer or 0, seed=cfg.seed, exact_stride_causal=cfg.exact_stride_causal,
+        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, **varlen,
+    )
+    min_sparse_len = torch.iinfo(torch.int32).max if cfg.is_dense_layer(layer) else cfg.min_sparse_len
+    block_mask, kv_count, kv_index = select_blocks(
+        scores, q_len=0, k_len=0, block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector,
+        force_sink=cfg.force_sink, force_diagonal=cfg.force_diagonal,
+        dense_last_query_block=cfg.dense_last_query_block, min_sparse_len=min_sparse_len,
+        single_query_dense=True, **varlen,
+    )
+    out, _ = block_sparse_attention(
+        q, k, v, kv_count, kv_index, block_size=cfg.block_size, scale=scale, max_seqlen_q=max_seqlen_q, **varlen,
+    )
+    return out, block_mask

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
@@ -18,18 +19,20 @@ class RRStats:
         visible_mask: bool, same shape: the causally visible blocks of each sequence.
         sparsity: ``1 − selected / visible`` counted over every (sequence, head, query block).
         dense_reasons: per sequence, why it ran dense attention (None where it ran sparse).
+        backends: which backend ran each stage (``{"attention": "sdpa"}`` for a dense call).
     """
 
     block_mask: torch.Tensor
     visible_mask: torch.Tensor
     sparsity: float
     dense_reasons: tuple[str | None, ...]
+    backends: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_masks(cls, block_mask: torch.Tensor, visible_mask: torch.Tensor, dense_reasons) -> "RRStats":
+    def from_masks(cls, block_mask: torch.Tensor, visible_mask: torch.Tensor, dense_reasons, backends=None) -> "RRStats":
         selected = int((block_mask & visible_mask).sum())
         visible = int(visible_mask.sum())
-        return cls(block_mask, visible_mask, 1.0 - selected / visible, tuple(dense_reasons))
+        return cls(block_mask, visible_mask, 1.0 - selected / visible, tuple(dense_reasons), dict(backends or {}))
 
     @property
     def sparsity_per_head(self) -> torch.Tensor:

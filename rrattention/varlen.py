@@ -6,14 +6,14 @@ from typing import Any
 
 import torch
 
-from . import reference
+from . import backends, reference
 from ._checks import check_finite, check_length, check_qkv, check_scale
 from .config import RRConfig
-from .pipeline import resolve, run_attention
+from .pipeline import dense_reason, problem, resolve, run_attention, run_attention_packed
 from .stats import RRStats
 
 
-def _check_cu_seqlens(name: str, cu: Any, total: int, device: torch.device) -> list[int]:
+def _check_cu_seqlens_tensor(name: str, cu: Any, device: torch.device) -> None:
     if not isinstance(cu, torch.Tensor):
         raise TypeError(f"{name} must be an int32 torch.Tensor [N+1], got {type(cu).__name__}")
     if cu.dim() != 1 or cu.numel() < 2:
@@ -22,15 +22,33 @@ def _check_cu_seqlens(name: str, cu: Any, total: int, device: torch.device) -> l
         raise ValueError(f"{name} must be int32 (or int64), got {cu.dtype}")
     if cu.device != device:
         raise ValueError(f"{name} must be on the device of q ({device}), got {cu.device}")
-    bounds = cu.tolist()
+
+
+def _check_cu_seqlens_values(name: str, bounds: list[int], total: int) -> None:
     if bounds[0] != 0:
         raise ValueError(f"{name}[0] must be 0, got {bounds[0]}")
     if bounds[-1] != total:
         raise ValueError(f"{name}[-1] must equal the number of packed tokens ({total}), got {bounds[-1]}")
-    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
-    if min(lengths) < 1:
+    if min(b - a for a, b in zip(bounds, bounds[1:])) < 1:
         raise ValueError(f"{name} must be strictly increasing (empty sequences are not allowed), got {bounds}")
-    return bounds
+
+
+def _spans(cu_seqlens_q, cu_seqlens_k, q_total: int, k_total: int, max_seqlen_q: int, max_seqlen_k: int):
+    """Validated ``(q_start, q_end, k_start, k_end)`` per sequence (reads the offsets on the host)."""
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    _check_cu_seqlens_values("cu_seqlens_q", bounds_q, q_total)
+    _check_cu_seqlens_values("cu_seqlens_k", bounds_k, k_total)
+    spans = list(zip(bounds_q, bounds_q[1:], bounds_k, bounds_k[1:]))
+    for s, (qa, qb, ka, kb) in enumerate(spans):
+        if qb - qa > kb - ka:
+            raise ValueError(f"sequence {s} has more queries ({qb - qa}) than keys ({kb - ka}); need Lq <= Lk")
+    for name, bound, longest in (
+        ("max_seqlen_q", max_seqlen_q, max(qb - qa for qa, qb, _, _ in spans)),
+        ("max_seqlen_k", max_seqlen_k, max(kb - ka for _, _, ka, kb in spans)),
+    ):
+        if bound < longest:
+            raise ValueError(f"{name} must be >= the longest sequence ({longest}), got {bound}")
+    return spans
 
 
 def rr_attention_varlen(
@@ -47,6 +65,7 @@ def rr_attention_varlen(
     layer: int | None = None,
     return_stats: bool = False,
     check_inputs: bool = False,
+    backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
     """RRAttention on packed sequences of different lengths.
 
@@ -60,50 +79,61 @@ def rr_attention_varlen(
         cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]``, on q's device, cumulative lengths from 0;
             every sequence has ``1 ≤ Lq ≤ Lk``.
         max_seqlen_q, max_seqlen_k: upper bounds on the lengths (as in flash-attn).
-        cfg, scale, layer, return_stats, check_inputs: as in :func:`rrattention.rr_attention`.
+        cfg, scale, layer, return_stats, check_inputs, backend: as in :func:`rrattention.rr_attention`.
+            With the Triton backend all sequences run in one launch per stage and the offsets are
+            trusted (validated only with ``check_inputs`` or ``return_stats``, which synchronise).
 
     Returns:
         ``out`` ``[Tq, Hq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)`` with one
         stats row per sequence (grids padded to the longest).
     """
-    check_qkv(q, k, v, packed=True)
-    bounds_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
-    bounds_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
-    if len(bounds_q) != len(bounds_k):
+    shape = check_qkv(q, k, v, packed=True)
+    _check_cu_seqlens_tensor("cu_seqlens_q", cu_seqlens_q, q.device)
+    _check_cu_seqlens_tensor("cu_seqlens_k", cu_seqlens_k, q.device)
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(
             f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, "
-            f"got {len(bounds_q) - 1} and {len(bounds_k) - 1}"
+            f"got {cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}"
         )
-    spans = [(qa, qb, ka, kb) for qa, qb, ka, kb in zip(bounds_q, bounds_q[1:], bounds_k, bounds_k[1:])]
-    for s, (qa, qb, ka, kb) in enumerate(spans):
-        if qb - qa > kb - ka:
-            raise ValueError(f"sequence {s} has more queries ({qb - qa}) than keys ({kb - ka}); need Lq <= Lk")
-    for name, bound, lengths in (
-        ("max_seqlen_q", max_seqlen_q, [qb - qa for qa, qb, _, _ in spans]),
-        ("max_seqlen_k", max_seqlen_k, [kb - ka for _, _, ka, kb in spans]),
-    ):
-        if check_length(name, bound) < max(lengths):
-            raise ValueError(f"{name} must be >= the longest sequence ({max(lengths)}), got {bound}")
+    max_seqlen_q, max_seqlen_k = check_length("max_seqlen_q", max_seqlen_q), check_length("max_seqlen_k", max_seqlen_k)
     cfg, layer = resolve(cfg, layer)
-    scale = check_scale(scale, q.shape[-1])
+    scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
 
+    if backend is not None:
+        backends.get(backend)
+    prob = problem(q, shape, cfg, varlen=True)
+    fused = backend in (None, "triton") and all(
+        not backends.get("triton").not_supported_reasons(stage, prob) for stage in backends.STAGES
+    )
+    if fused:
+        # Offsets are trusted as in flash-attn (reading them back would synchronise); checked on request.
+        spans = _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k) if check_inputs else None
+        out, block_mask = run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cfg, layer, scale)
+        if not return_stats:
+            return out
+        spans = spans or _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+        reasons = [dense_reason(cfg, layer, qb - qa, kb - ka) for qa, qb, ka, kb in spans]
+        masks = [block_mask[s : s + 1] for s in range(len(spans))]
+        return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, dict.fromkeys(backends.STAGES, "triton"))
+
+    spans = _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     out = torch.empty_like(q)
-    masks, reasons = [], []
+    masks, reasons, used = [], [], {}
     for qa, qb, ka, kb in spans:
         q1, k1, v1 = (x.transpose(0, 1).unsqueeze(0) for x in (q[qa:qb], k[ka:kb], v[ka:kb]))
-        shape = check_qkv(q1, k1, v1)
-        o1, mask, reason = run_attention(q1, k1, v1, cfg, layer, scale, shape)
+        o1, mask, reason, used_one = run_attention(q1, k1, v1, cfg, layer, scale, check_qkv(q1, k1, v1), backend)
         out[qa:qb] = o1[0].transpose(0, 1)
         masks.append(mask)
         reasons.append(reason)
+        used.update(used_one)
     if not return_stats:
         return out
-    return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device)
+    return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, used)
 
 
-def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device) -> RRStats:
+def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device, used) -> RRStats:
     grid = lambda length: -(-length // block_size)  # noqa: E731
     n_qblocks = max(grid(qb - qa) for qa, qb, _, _ in spans)
     n_kblocks = max(grid(kb - ka) for _, _, ka, kb in spans)
@@ -113,5 +143,5 @@ def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device) ->
         visible = reference.visible_blocks(qb - qa, kb - ka, block_size, device)
         rows, cols = visible.shape
         visible_mask[s, :, :rows, :cols] = visible
-        block_mask[s, :, :rows, :cols] = visible if mask is None else mask[0]
-    return RRStats.from_masks(block_mask, visible_mask, reasons)
+        block_mask[s, :, :rows, :cols] = visible if mask is None else mask[0, :, :rows, :cols]
+    return RRStats.from_masks(block_mask, visible_mask, reasons, used)

@@ -1,10 +1,16 @@
 import os
 
-import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
-from tests.helpers import DEVICES
+# Without a GPU the Triton kernels run in Triton's CPU interpreter, which must be chosen before
+# any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from tests.helpers import DEVICES  # noqa: E402
 
 # One intra-op thread per test process: the suite runs under pytest-xdist on small tensors.
 torch.set_num_threads(int(os.environ.get("RR_TEST_THREADS", "1")))

@@ -37,6 +37,7 @@ def problems(draw, max_len=160):
             dense_last_query_block=draw(st.booleans()),
             exact_stride_causal=draw(st.booleans()),
             seed=draw(st.integers(0, 100)),
+            min_sparse_len=0,
         ),
     )
 

@@ -15,20 +15,20 @@ def _dense(q, k, v):
 @pytest.mark.parametrize("dim", [64, 128, 256])
 def test_tau_one_reproduces_dense_attention(dim, device):
     q, k, v = make_qkv(2, 4, 2, 300, 300, dim, device=device)
-    out, stats = rr.rr_attention(q, k, v, rr.RRConfig(tau=1.0), return_stats=True)
+    out, stats = rr.rr_attention(q, k, v, rr.RRConfig(min_sparse_len=0, tau=1.0), return_stats=True)
     torch.testing.assert_close(out, _dense(q, k, v), atol=1e-5, rtol=1e-5)
     assert stats.sparsity == 0.0
 
 
 def test_chunked_prefill_is_bottom_right_aligned(device):
     q, k, v = make_qkv(1, 4, 1, 200, 520, 32, device=device)
-    out = rr.rr_attention(q, k, v, rr.RRConfig(tau=1.0))
+    out = rr.rr_attention(q, k, v, rr.RRConfig(min_sparse_len=0, tau=1.0))
     torch.testing.assert_close(out, _dense(q, k, v), atol=1e-5, rtol=1e-5)
 
 
 def test_sparse_run_composes_the_three_stages_and_reports_sparsity():
     q, k, v = make_qkv(2, 4, 2, 1000, 1000, 32, seed=4)
-    cfg = rr.RRConfig(block_size=64, tau=0.8)
+    cfg = rr.RRConfig(min_sparse_len=0, block_size=64, tau=0.8)
     out, stats = rr.rr_attention(q, k, v, cfg, return_stats=True)
     mask = rr.select_blocks(rr.estimate_block_scores(q, k, cfg), cfg, q_len=1000, k_len=1000)
     assert torch.equal(stats.block_mask, mask)
@@ -61,7 +61,7 @@ def test_dense_policies():
 
 def test_layer_overrides_take_effect():
     q, k, v = make_qkv(1, 2, 1, 1024, 1024, 16)
-    cfg = rr.RRConfig(tau=0.5, layer_overrides={3: {"tau": 1.0}})
+    cfg = rr.RRConfig(min_sparse_len=0, tau=0.5, layer_overrides={3: {"tau": 1.0}})
     _, low = rr.rr_attention(q, k, v, cfg, layer=2, return_stats=True)
     _, high = rr.rr_attention(q, k, v, cfg, layer=3, return_stats=True)
     assert high.sparsity == 0.0 < low.sparsity
@@ -69,7 +69,7 @@ def test_layer_overrides_take_effect():
 
 def test_random_head_shift_depends_on_layer():
     q, k, _ = make_qkv(1, 8, 8, 512, 512, 16)
-    cfg = rr.RRConfig(head_shift="random")
+    cfg = rr.RRConfig(min_sparse_len=0, head_shift="random")
     a = rr.estimate_block_scores(q, k, cfg, layer=0)
     assert torch.equal(a, rr.estimate_block_scores(q, k, cfg, layer=0))
     assert not torch.equal(a, rr.estimate_block_scores(q, k, cfg, layer=1))
@@ -77,7 +77,7 @@ def test_random_head_shift_depends_on_layer():
 
 def test_batch_equals_each_sequence_alone():
     q, k, v = make_qkv(3, 4, 2, 400, 450, 16, seed=9)
-    cfg = rr.RRConfig(block_size=64, tau=0.7)
+    cfg = rr.RRConfig(min_sparse_len=0, block_size=64, tau=0.7)
     out, stats = rr.rr_attention(q, k, v, cfg, return_stats=True)
     for b in range(3):
         one, one_stats = rr.rr_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], cfg, return_stats=True)
@@ -88,7 +88,7 @@ def test_batch_equals_each_sequence_alone():
 @pytest.mark.parametrize("policy", ["round_robin", "fixed", "random"])
 def test_gqa_equals_repeated_kv_mha(policy):
     q, k, v = make_qkv(1, 8, 2, 300, 300, 16, seed=11)
-    cfg = rr.RRConfig(block_size=64, tau=0.8, head_shift=policy)
+    cfg = rr.RRConfig(min_sparse_len=0, block_size=64, tau=0.8, head_shift=policy)
     out, stats = rr.rr_attention(q, k, v, cfg, return_stats=True)
     mha, mha_stats = rr.rr_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), cfg, return_stats=True)
     assert torch.equal(stats.block_mask, mha_stats.block_mask)
@@ -97,7 +97,7 @@ def test_gqa_equals_repeated_kv_mha(policy):
 
 def test_runs_are_deterministic():
     q, k, v = make_qkv(2, 4, 2, 700, 700, 32, dtype=torch.bfloat16, seed=5)
-    cfg = rr.RRConfig(block_size=64, tau=0.9)
+    cfg = rr.RRConfig(min_sparse_len=0, block_size=64, tau=0.9)
     a, sa = rr.rr_attention(q, k, v, cfg, return_stats=True)
     b, sb = rr.rr_attention(q, k, v, cfg, return_stats=True)
     assert torch.equal(a, b) and torch.equal(sa.block_mask, sb.block_mask)
@@ -110,7 +110,7 @@ def test_non_finite_inputs(which, bad):
     tensors = {"q": q, "k": k, "v": v}
     tensors[which][0, 0, 100, 3] = bad
     # without the check: no crash, no hang, output shaped as usual
-    out, stats = rr.rr_attention(q, k, v, return_stats=True)
+    out, stats = rr.rr_attention(q, k, v, rr.RRConfig(min_sparse_len=0), return_stats=True)
     assert out.shape == q.shape and 0.0 <= stats.sparsity <= 1.0
     name = "NaN" if bad != bad else "inf"
     with pytest.raises(ValueError, match=rf"^{which} holds {name} values"):
@@ -119,6 +119,8 @@ def test_non_finite_inputs(which, bad):
 
 def test_default_config_and_fp16_inputs():
     q, k, v = make_qkv(1, 2, 2, 300, 300, 64, dtype=torch.float16)
-    out = rr.rr_attention(q, k, v)
+    out, stats = rr.rr_attention(q, k, v, return_stats=True)
     assert out.dtype == torch.float16 and out.shape == q.shape
     assert bool(torch.isfinite(out).all())
+    # below the default min_sparse_len (the measured GPU crossover) a call runs dense
+    assert stats.dense_reasons == ("Lk=300 < min_sparse_len=8192",)

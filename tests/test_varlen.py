@@ -6,7 +6,7 @@ import torch
 import rrattention as rr
 from tests.helpers import make_qkv
 
-CFG = rr.RRConfig(stride=4, block_size=32, tau=0.8)
+CFG = rr.RRConfig(stride=4, block_size=32, tau=0.8, min_sparse_len=0)
 
 
 def _pack(pieces):

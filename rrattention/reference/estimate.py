@@ -61,13 +61,13 @@ def stride_probabilities(
     Returns:
         fp32 ``[M, Nk]``; every row sums to 1 (stride 0 is always visible).
     """
-    z = (q_rows.float() * scale) @ key_means.T
+    z = q_rows.float() @ key_means.T
     if diagonal_key_means is not None:
         diag = (t + delta) // stride
-        z[torch.arange(len(t), device=z.device), diag] = (q_rows.float() * scale * diagonal_key_means[diag]).sum(-1)
+        z[torch.arange(len(t), device=z.device), diag] = (q_rows.float() * diagonal_key_means[diag]).sum(-1)
     n = torch.arange(key_means.shape[0], device=z.device)
     invisible = n[None, :] * stride > (t + delta)[:, None]
-    return torch.softmax(z.masked_fill_(invisible, float("-inf")), dim=-1)
+    return torch.softmax(z.mul_(scale).masked_fill_(invisible, float("-inf")), dim=-1)
 
 
 def block_scores(

@@ -1,0 +1,50 @@
+"""Launch parameters shared by the kernels."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# (kernel, head_dim) -> launch parameters, chosen on an H100 by tools/bench_kernels.py.
+# Under the CPU interpreter the values only set tile shapes; smaller tiles run faster there.
+_CONFIGS = {
+    "attention": {
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+        128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+    },
+    "estimate": {
+        64: dict(ROWS=256, BLOCK_N=64, num_warps=8, num_stages=2),
+        128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1),
+        256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1),
+    },
+}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get true fp32 products (no TF32): kernels must reproduce the fp32 reference."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def launch_config(kernel: str, *, head_dim: int, block_size: int, dtype: torch.dtype, override: dict | None = None) -> dict:
+    table = _CONFIGS[kernel]
+    key = min((d for d in table if d >= head_dim), default=max(table))
+    cfg = dict(table[key])
+    if kernel == "attention":
+        cfg["BLOCK_M"] = min(cfg["BLOCK_M"], block_size)
+        cfg["BLOCK_N"] = min(cfg["BLOCK_N"], block_size)
+        if dtype == torch.float32:  # fp32 tiles take twice the registers and shared memory
+            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
+            cfg["num_stages"] = min(cfg["num_stages"], 2)
+    if override:
+        cfg.update(override)
+    return cfg

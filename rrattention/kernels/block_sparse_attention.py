@@ -1,0 +1,193 @@
+"""Spec §5 — block-sparse FlashAttention forward (Triton), mirroring ``reference.attention``.
+
+One program computes one tile of ``BLOCK_M`` queries of one query head: it walks the row's
+selected key blocks from ``kv_index`` (``kv_count`` of them), in sub-tiles of ``BLOCK_N`` keys,
+with an online softmax in fp32. The token-level causal predicate ``key ≤ query + δ`` (and the
+``Lk`` bound) is applied to every block not wholly in the past of the tile's first query, which
+for any ``δ`` covers every block where it can bite; the other blocks run a mask-free loop.
+GQA reads K/V of head ``h // G`` without repeating them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import dot_precision, launch_config, next_pow2
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok, start_n, k_start, k_len, delta,
+                 stride_kn, stride_vn, qk_scale, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    """One online-softmax step over keys ``[start_n, start_n + BLOCK_N)`` (base 2)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < k_len
+    k = tl.load(k_base + (k_start + offs_n).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
+                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        qk = tl.where((offs_n[None, :] <= (offs_m + delta)[:, None]) & col_ok[None, :], qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+    p = tl.exp2(qk - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + (k_start + offs_n).to(tl.int64)[:, None] * stride_vn + offs_d[None, :],
+                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    Q, K, V, Out, Lse, KvCount, KvIndex, CuSeqQ, CuSeqK,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_lb, stride_lh, stride_lm,
+    stride_cb, stride_ch, stride_cm,
+    stride_ib, stride_ih, stride_im,
+    q_len_fixed, k_len_fixed, n_kblocks_grid, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # Heaviest tiles (the last query blocks see the most keys) are scheduled first.
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
+    if VARLEN:
+        q_start = tl.load(CuSeqQ + seq)
+        q_len = tl.load(CuSeqQ + seq + 1) - q_start
+        k_start = tl.load(CuSeqK + seq)
+        k_len = tl.load(CuSeqK + seq + 1) - k_start
+    else:
+        q_start = 0
+        q_len = q_len_fixed
+        k_start = 0
+        k_len = k_len_fixed
+    if tile * BLOCK_M >= q_len:
+        return
+    delta = k_len - q_len
+    kv_head = head // GROUP
+    q_block = (tile * BLOCK_M) // BLOCK_SIZE
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < q_len
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + seq * stride_qb + head * stride_qh + (q_start + offs_m).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + seq * stride_kb + kv_head * stride_kh
+    v_base = V + seq * stride_vb + kv_head * stride_vh
+
+    count = tl.load(KvCount + seq * stride_cb + head * stride_ch + q_block * stride_cm)
+    index_row = KvIndex + seq * stride_ib + head * stride_ih + q_block * stride_im
+    # Selected blocks are ascending, so those wholly in the past of the tile's first query (and
+    # wholly inside Lk) form a prefix that needs no mask; the rest straddle the causal edge.
+    last_unmasked = tl.minimum(tile * BLOCK_M + delta + 1, k_len) // BLOCK_SIZE - 1
+    slots = tl.arange(0, BLOCK_K)
+    row_blocks = tl.load(index_row + slots, mask=slots < n_kblocks_grid, other=0)
+    n_unmasked = tl.sum(((slots < count) & (row_blocks <= last_unmasked)).to(tl.int32), 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for it in range(0, n_unmasked):
+        block_start = tl.load(index_row + it) * BLOCK_SIZE
+        for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok,
+                                         block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn, stride_vn,
+                                         qk_scale, False, BLOCK_N, DOT_PRECISION)
+    for it in range(n_unmasked, count):
+        block_start = tl.load(index_row + it) * BLOCK_SIZE
+        for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok,
+                                         block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn, stride_vn,
+                                         qk_scale, True, BLOCK_N, DOT_PRECISION)
+
+    empty = l_i == 0.0  # no selected key is visible to the query
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_ptrs = Out + seq * stride_ob + head * stride_oh + (q_start + offs_m).to(tl.int64)[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(Lse + seq * stride_lb + head * stride_lh + (q_start + offs_m).to(tl.int64) * stride_lm, lse, mask=row_ok)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_count: torch.Tensor,
+    kv_index: torch.Tensor,
+    *,
+    block_size: int,
+    scale: float,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel; arguments are assumed validated (see ``rrattention.api``).
+
+    Padded form: ``q`` ``[B, Hq, Lq, D]``, ``k, v`` ``[B, Hkv, Lk, D]``, ``kv_count`` int32
+    ``[B, Hq, nbq]``, ``kv_index`` int32 ``[B, Hq, nbq, nbk]``; returns ``out`` ``[B, Hq, Lq, D]``
+    and fp32 ``lse`` ``[B, Hq, Lq]``.
+
+    Packed form (``cu_seqlens_q`` given): ``q`` ``[Tq, Hq, D]``, ``k, v`` ``[Tk, Hkv, D]``,
+    ``kv_count`` ``[N, Hq, nbq_max]``, ``kv_index`` ``[N, Hq, nbq_max, nbk_max]``; returns
+    ``out`` ``[Tq, Hq, D]`` and ``lse`` ``[Hq, Tq]``.
+
+    ``out`` / ``lse`` may be passed preallocated; every valid element is written.
+    """
+    varlen = cu_seqlens_q is not None
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    head_dim = q.shape[-1]
+    if varlen:
+        num_seqs, q_heads = cu_seqlens_q.numel() - 1, q.shape[1]
+        group = q_heads // k.shape[1]
+        out = torch.empty_like(q) if out is None else out
+        lse = torch.empty(q_heads, q.shape[0], dtype=torch.float32, device=q.device) if lse is None else lse
+        # [T, H, D]: no batch stride; token stride is dim 0
+        q_strides = (0, q.stride(1), q.stride(0))
+        k_strides = (0, k.stride(1), k.stride(0))
+        v_strides = (0, v.stride(1), v.stride(0))
+        o_strides = (0, out.stride(1), out.stride(0))
+        l_strides = (0, lse.stride(0), lse.stride(1))
+        q_len_fixed = k_len_fixed = 0
+        grid_q = max_seqlen_q
+    else:
+        num_seqs, q_heads, q_len_fixed, _ = q.shape
+        k_len_fixed = k.shape[2]
+        group = q_heads // k.shape[1]
+        out = torch.empty_like(q) if out is None else out
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if lse is None else lse
+        q_strides, k_strides, v_strides, o_strides = (x.stride()[:3] for x in (q, k, v, out))
+        l_strides = lse.stride()
+        grid_q = q_len_fixed
+    cfg = launch_config("attention", head_dim=head_dim, block_size=block_size, dtype=q.dtype, override=config)
+    kv_count = kv_count.expand(num_seqs, q_heads, -1)
+    kv_index = kv_index.expand(num_seqs, q_heads, -1, -1)
+    if kv_index.stride(-1) != 1:
+        kv_index = kv_index.contiguous()
+    dummy = kv_count  # CuSeq pointers are unused without VARLEN
+    grid = (triton.cdiv(grid_q, cfg["BLOCK_M"]), q_heads, num_seqs)
+    _attention_fwd_kernel[grid](
+        q, k, v, out, lse, kv_count, kv_index,
+        cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
+        *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
+        *kv_count.stride(), *kv_index.stride()[:3],
+        q_len_fixed, k_len_fixed, kv_index.shape[-1], scale * math.log2(math.e),
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
+        BLOCK_K=max(16, next_pow2(kv_index.shape[-1])),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VARLEN=varlen, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out, lse

@@ -1,0 +1,283 @@
+"""Spec §2–§3 — fused RR estimator (Triton), mirroring ``reference.sampling`` and ``reference.estimate``.
+
+Two kernels:
+
+* ``_stride_means_kernel``: ``K̄_n`` of every key stride in fp32, stored as an exact sum of
+  ``SPLITS`` terms in the input's 16-bit type (``hi + mid + lo``), so the logits below use the
+  tensor cores yet equal fp32 logits: a bf16 ``q`` times a bf16 term is exact in fp32, and three
+  bf16 terms hold the 24 bits of an fp32 mantissa (two fp16 terms hold 22).
+* ``_estimate_kernel``: one program per (sequence, KV head, chunk of ``BLOCK_M`` query strides)
+  stacks the sampled rows of all ``G`` query heads of the KV head (so each ``K̄`` tile is read
+  once per group), then makes two passes over the visible key strides: online max / sum of the
+  softmax, then the normalised probabilities summed into ``Bk × Bk`` block scores. Only the block
+  scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import dot_precision, launch_config, next_pow2
+
+POLICIES = {"round_robin": 0, "fixed": 1, "random": 2, "group_round_robin": 3}
+
+
+@triton.jit
+def _splitmix64(x):
+    x = x + 0x9E3779B97F4A7C15
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+@triton.jit
+def _head_offsets(head, seed, layer, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
+    """``r_h`` of spec §2 for a vector of query-head indices (see ``reference.head_offsets``)."""
+    if POLICY == 1:
+        r = tl.full(head.shape, STRIDE - 1, tl.int32)
+    elif POLICY == 2:
+        x = _splitmix64(_splitmix64(_splitmix64(tl.full(head.shape, seed, tl.uint64)) ^ layer.to(tl.uint64)) ^ head.to(tl.uint64))
+        r = (x % STRIDE).to(tl.int32)
+    elif (POLICY == 3) and (STRIDE % GROUP == 0):
+        per_group: tl.constexpr = STRIDE // GROUP
+        r = (head % GROUP) * per_group + (head // GROUP) % per_group
+    else:
+        r = head % STRIDE
+    return r
+
+
+@triton.jit
+def _stride_means_kernel(
+    K, Hi, Mid, Lo, CuSeqK,
+    stride_kb, stride_kh, stride_kn,
+    stride_mb, stride_mh, stride_mn,
+    k_len_fixed, n_rows,
+    STRIDE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    SPLITS: tl.constexpr, VARLEN: tl.constexpr,
+):
+    seq = tl.program_id(2)
+    head = tl.program_id(1)
+    if VARLEN:
+        k_start = tl.load(CuSeqK + seq)
+        k_len = tl.load(CuSeqK + seq + 1) - k_start
+    else:
+        k_start = 0
+        k_len = k_len_fixed
+    offs_n = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    acc = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
+    base = K + seq * stride_kb + head * stride_kh
+    for j in tl.static_range(STRIDE):
+        pos = offs_n * STRIDE + j
+        ok = pos < k_len  # keys past Lk count as zero
+        acc += tl.load(base + (k_start + pos).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
+                       mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    acc = acc / STRIDE
+    out = seq * stride_mb + head * stride_mh + offs_n.to(tl.int64)[:, None] * stride_mn + offs_d[None, :]
+    store_ok = (offs_n < n_rows)[:, None] & d_ok[None, :]
+    hi = acc.to(Hi.dtype.element_ty)
+    tl.store(Hi + out, hi, mask=store_ok)
+    if SPLITS >= 2:
+        rest = acc - hi.to(tl.float32)
+        mid = rest.to(Mid.dtype.element_ty)
+        tl.store(Mid + out, mid, mask=store_ok)
+        if SPLITS == 3:
+            tl.store(Lo + out, (rest - mid.to(tl.float32)).to(Lo.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit
+def _stride_logits(q, hi_ptrs, mid_ptrs, lo_ptrs, load_mask, SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``q · K̄ᵀ`` for one tile of key strides, in fp32."""
+    z = tl.dot(q, tl.trans(tl.load(hi_ptrs, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+    if SPLITS >= 2:
+        z += tl.dot(q, tl.trans(tl.load(mid_ptrs, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+    if SPLITS == 3:
+        z += tl.dot(q, tl.trans(tl.load(lo_ptrs, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+    return z
+
+
+@triton.jit
+def _estimate_kernel(
+    Q, K, Hi, Mid, Lo, Scores, CuSeqQ, CuSeqK,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_mb, stride_mh, stride_mn,
+    stride_sb, stride_sh, stride_si,
+    q_len_fixed, k_len_fixed, qk_scale, seed, layer,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
+    R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    ROWS: tl.constexpr = GROUP_PAD * BLOCK_M
+    seq = tl.program_id(2)
+    kv_head = tl.program_id(1)
+    if VARLEN:
+        q_start = tl.load(CuSeqQ + seq)
+        q_len = tl.load(CuSeqQ + seq + 1) - q_start
+        k_start = tl.load(CuSeqK + seq)
+        k_len = tl.load(CuSeqK + seq + 1) - k_start
+    else:
+        q_start = 0
+        q_len = q_len_fixed
+        k_start = 0
+        k_len = k_len_fixed
+    m0 = tl.program_id(0) * BLOCK_M
+    if m0 * STRIDE >= q_len:
+        return
+    delta = k_len - q_len
+    n_key_strides = tl.cdiv(k_len, STRIDE)
+
+    # Stage 1 (§2): row (g, m) is query head kv_head·G + g sampling token m·S + r_h.
+    rows = tl.arange(0, ROWS)
+    group_idx = rows // BLOCK_M
+    head = kv_head * GROUP + group_idx
+    t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, seed, layer, POLICY, STRIDE, GROUP)
+    row_ok = (group_idx < GROUP) & (t < q_len)
+    last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + seq * stride_qb + head.to(tl.int64)[:, None] * stride_qh
+                + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    if EXACT:
+        # Diagonal stride restricted to keys ≤ t + δ (the others count as zero, divisor stays S).
+        visible_keys = (t + delta) % STRIDE + 1
+        z_diag = tl.zeros([ROWS], tl.float32)
+        k_base = K + seq * stride_kb + kv_head * stride_kh
+        for j in tl.static_range(STRIDE):
+            kj = tl.load(k_base + (k_start + last_stride * STRIDE + j).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
+                         mask=(row_ok & (j < visible_keys))[:, None] & d_ok[None, :], other=0.0)
+            z_diag += tl.sum(q.to(tl.float32) * kj.to(tl.float32), 1)
+        z_diag = z_diag / STRIDE
+
+    mean_base = seq * stride_mb + kv_head * stride_mh + offs_d[None, :]
+    n_end = tl.max(last_stride) + 1
+
+    # Stage 2, pass 1: row max and sum of the softmax over visible key strides (base 2). Tiles
+    # wholly visible to every valid row need no causal mask; rows that are not valid get weight 0.
+    # (strictly before every row's diagonal stride, which exact_stride_causal rewrites).
+    n_unmasked = tl.min(tl.where(row_ok, last_stride, 2147483647)) // BLOCK_N * BLOCK_N
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    for n0 in range(0, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
+        z = _stride_logits(q, Hi + ptr, Mid + ptr, Lo + ptr, (offs_n < n_key_strides)[:, None] & d_ok[None, :],
+                           SPLITS, DOT_PRECISION) * qk_scale
+        if n0 >= n_unmasked:
+            if EXACT:
+                z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
+            z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(z, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(z - m_safe[:, None]), 1)
+        m_i = m_new
+    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+    inv_l = tl.where(row_ok & (l_i > 0.0), 1.0 / tl.where(l_i > 0.0, l_i, 1.0), 0.0)
+
+    # Pass 2: normalised probabilities summed into block scores; every block of the rows is written.
+    n_key_blocks = tl.cdiv(k_len, R * STRIDE)
+    g3 = tl.arange(0, GROUP_PAD)[:, None, None]
+    qb3 = (m0 // R + tl.arange(0, BLOCK_M // R))[None, :, None]
+    out_rows = (g3 < GROUP) & (qb3 < tl.cdiv(q_len, R * STRIDE))
+    s_base = Scores + seq * stride_sb + (kv_head * GROUP + g3).to(tl.int64) * stride_sh + qb3.to(tl.int64) * stride_si
+    for n0 in range(0, n_key_blocks * R, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        if n0 < n_end:
+            ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
+            z = _stride_logits(q, Hi + ptr, Mid + ptr, Lo + ptr, (offs_n < n_key_strides)[:, None] & d_ok[None, :],
+                               SPLITS, DOT_PRECISION) * qk_scale
+            if n0 >= n_unmasked:
+                if EXACT:
+                    z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
+                z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
+            p = tl.exp2(z - m_safe[:, None]) * inv_l[:, None]
+            blocks = tl.sum(tl.sum(tl.reshape(p, [GROUP_PAD, BLOCK_M // R, R, BLOCK_N // R, R]), axis=4), axis=2)
+        else:
+            blocks = tl.zeros([GROUP_PAD, BLOCK_M // R, BLOCK_N // R], tl.float32)
+        kb3 = (n0 // R + tl.arange(0, BLOCK_N // R))[None, None, :]
+        tl.store(s_base + kb3, blocks, mask=out_rows & (kb3 < n_key_blocks))
+
+
+def _splits(dtype: torch.dtype) -> int:
+    return {torch.bfloat16: 3, torch.float16: 2, torch.float32: 1}[dtype]
+
+
+def estimate_block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    stride: int,
+    block_size: int,
+    head_shift: str,
+    scale: float,
+    layer: int = 0,
+    seed: int = 0,
+    exact_stride_causal: bool = False,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Launch the estimator; arguments are assumed validated (see ``rrattention.api``).
+
+    Padded form: ``q`` ``[B, Hq, Lq, D]``, ``k`` ``[B, Hkv, Lk, D]`` → fp32 ``[B, Hq, nbq, nbk]``.
+    Packed form (``cu_seqlens_q`` given): ``q`` ``[Tq, Hq, D]``, ``k`` ``[Tk, Hkv, D]`` → fp32
+    ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
+    ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages).
+    """
+    varlen = cu_seqlens_q is not None
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    head_dim = q.shape[-1]
+    if varlen:
+        num_seqs, q_heads, kv_heads = cu_seqlens_q.numel() - 1, q.shape[1], k.shape[1]
+        q_len_fixed = k_len_fixed = 0
+        q_strides, k_strides = (0, q.stride(1), q.stride(0)), (0, k.stride(1), k.stride(0))
+        max_q, max_k = max_seqlen_q, max_seqlen_k
+    else:
+        num_seqs, q_heads, q_len_fixed, _ = q.shape
+        kv_heads, k_len_fixed = k.shape[1], k.shape[2]
+        q_strides, k_strides = q.stride()[:3], k.stride()[:3]
+        max_q, max_k = q_len_fixed, k_len_fixed
+    group = q_heads // kv_heads
+    per_block = block_size // stride
+    cfg = launch_config("estimate", head_dim=head_dim, block_size=block_size, dtype=q.dtype, override=config)
+    splits = cfg.pop("SPLITS", _splits(q.dtype))
+    group_pad = next_pow2(group)
+    block_m = max(per_block, cfg.pop("ROWS") // group_pad)
+    block_n = max(per_block, cfg.pop("BLOCK_N"))
+
+    n_strides = triton.cdiv(max_k, stride)
+    means_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
+    means = [torch.empty(num_seqs, kv_heads, n_strides, head_dim, dtype=means_dtype, device=q.device) for _ in range(splits)]
+    means += [means[0]] * (3 - splits)  # unused pointers
+    dummy = means[0]
+    block_s = 64
+    _stride_means_kernel[(triton.cdiv(n_strides, block_s), kv_heads, num_seqs)](
+        k, *means, cu_seqlens_k if varlen else dummy,
+        *k_strides, *means[0].stride()[:3], k_len_fixed, n_strides,
+        STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s, SPLITS=splits, VARLEN=varlen,
+    )
+    shape = (num_seqs, q_heads, triton.cdiv(max_q, block_size), triton.cdiv(max_k, block_size))
+    if out is None:
+        out = (torch.zeros if varlen else torch.empty)(shape, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(triton.cdiv(max_q, stride), block_m), kv_heads, num_seqs)
+    _estimate_kernel[grid](
+        q, k, *means, out, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
+        *q_strides, *k_strides, *means[0].stride()[:3], *out.stride()[:3],
+        q_len_fixed, k_len_fixed, scale * math.log2(math.e), seed, layer,
+        GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
+        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, SPLITS=splits,
+        EXACT=exact_stride_causal, VARLEN=varlen, DOT_PRECISION=dot_precision(q.dtype), **cfg,
+    )
+    return out

@@ -1,0 +1,127 @@
+"""Spec §4 — Top-τ block selection on device (Triton), mirroring ``reference.selection``.
+
+One program per block row ``(sequence, head, i)``: it sorts the row by (score desc, index asc)
+with a single 64-bit key, keeps each entry whose suffix mass (from the smallest entry up) exceeds
+``(1 − τ)·T``, sorts the decisions back to block order, ANDs the causal mask, ORs the forced
+blocks, and writes the dense mask, ``kv_count`` and ``kv_index`` (FlexAttention's layout). Nothing
+leaves the device, so the whole path can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import next_pow2
+
+
+@triton.jit
+def _select_kernel(
+    Scores, Mask, KvCount, KvIndex, CuSeqQ, CuSeqK,
+    stride_sb, stride_sh, stride_si,
+    stride_mb, stride_mh, stride_mi,
+    stride_cb, stride_ch, stride_ci,
+    stride_xb, stride_xh, stride_xi,
+    q_len_fixed, k_len_fixed, n_kblocks_grid, keep_threshold, min_sparse_len, single_query_dense,
+    BLOCK_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, FORCED_FIRST: tl.constexpr, FORCE_SINK: tl.constexpr,
+    FORCE_DIAGONAL: tl.constexpr, DENSE_LAST: tl.constexpr, VARLEN: tl.constexpr,
+):
+    i = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
+    if VARLEN:
+        q_len = tl.load(CuSeqQ + seq + 1) - tl.load(CuSeqQ + seq)
+        k_len = tl.load(CuSeqK + seq + 1) - tl.load(CuSeqK + seq)
+    else:
+        q_len = q_len_fixed
+        k_len = k_len_fixed
+    n_qblocks = tl.cdiv(q_len, BLOCK_SIZE)
+    n_kblocks = tl.cdiv(k_len, BLOCK_SIZE)
+    j = tl.arange(0, BLOCK_K)
+    # Padded rows and columns of a varlen grid select nothing.
+    in_seq = j < tl.where(i < n_qblocks, n_kblocks, 0)
+
+    last_key = tl.minimum((i + 1) * BLOCK_SIZE, q_len) - 1 + (k_len - q_len)
+    visible = in_seq & (j * BLOCK_SIZE <= last_key)
+    diagonal = last_key // BLOCK_SIZE
+    placed_first = j < 0  # all False
+    if FORCE_SINK:
+        placed_first = placed_first | (j == 0)
+    if FORCE_DIAGONAL:
+        placed_first = placed_first | (j == diagonal)
+    forced = placed_first & in_seq
+    if DENSE_LAST:
+        forced = forced | (visible & (i == n_qblocks - 1))
+
+    row = seq * stride_sb + head * stride_sh + i * stride_si
+    score = tl.load(Scores + row + j, mask=in_seq, other=0.0)
+    total = tl.sum(score, 0)
+    if FORCED_FIRST:
+        score = tl.where(placed_first, 0.0, score)
+    # Rank by (value desc, index asc): non-negative fp32 bits order like the values; padding sorts last.
+    bits = tl.where(in_seq, score.to(tl.int32, bitcast=True), -1).to(tl.int64)
+    ranked = tl.sort((bits << 32) | (BLOCK_K - 1 - j).to(tl.int64), descending=True)
+    ranked_value = tl.where(ranked >= 0, (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+    ranked_index = (BLOCK_K - 1 - (ranked & 0xFFFFFFFF)).to(tl.int64)
+    # Spec §6 per sequence: short keys or a single query select every visible block (dense).
+    dense = (k_len < min_sparse_len) | ((q_len == 1) & (single_query_dense != 0))
+    keep_ranked = tl.cumsum(ranked_value, 0, reverse=True) > tl.where(dense, -1.0, keep_threshold * total)
+    # Back to block order: sort by index, carrying the decision in the low bit.
+    by_mass = (tl.sort(ranked_index * 2 + keep_ranked.to(tl.int64)) & 1) != 0
+    keep = (by_mass & visible) | forced
+
+    grid_ok = j < n_kblocks_grid
+    tl.store(Mask + seq * stride_mb + head * stride_mh + i * stride_mi + j, keep.to(tl.int8), mask=grid_ok)
+    count = tl.sum(keep.to(tl.int32), 0)
+    tl.store(KvCount + seq * stride_cb + head * stride_ch + i * stride_ci, count)
+    kept_before = tl.cumsum(keep.to(tl.int32), 0)
+    position = tl.where(keep, kept_before - 1, count + j - kept_before)
+    tl.store(KvIndex + seq * stride_xb + head * stride_xh + i * stride_xi + position, j, mask=grid_ok)
+
+
+def select_blocks(
+    scores: torch.Tensor,
+    *,
+    q_len: int,
+    k_len: int,
+    block_size: int,
+    tau: float,
+    selector: str,
+    force_sink: bool,
+    force_diagonal: bool,
+    dense_last_query_block: bool,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    min_sparse_len: int = 0,
+    single_query_dense: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the selection; arguments are assumed validated (see ``rrattention.api``).
+
+    Args:
+        scores: fp32 ``[B, Hq, nbq, nbk]`` (packed form: ``[N, Hq, nbq_max, nbk_max]`` with the
+            per-sequence lengths in ``cu_seqlens_q/k``; ``q_len``/``k_len`` are then unused).
+        min_sparse_len, single_query_dense: the dense policies of spec §6 applied per sequence (for
+            the packed form): rows of a sequence with fewer keys, or with one query, keep every visible block.
+
+    Returns:
+        ``(block_mask, kv_count, kv_index)``: bool ``[B, Hq, nbq, nbk]``, int32 ``[B, Hq, nbq]``,
+        int32 ``[B, Hq, nbq, nbk]``.
+    """
+    varlen = cu_seqlens_q is not None
+    scores = scores if scores.stride(-1) == 1 else scores.contiguous()
+    batch, heads, n_qblocks, n_kblocks = scores.shape
+    mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    kv_count = torch.empty(scores.shape[:3], dtype=torch.int32, device=scores.device)
+    kv_index = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
+    dummy = kv_count
+    _select_kernel[(n_qblocks, heads, batch)](
+        scores, mask.view(torch.int8), kv_count, kv_index,
+        cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
+        *scores.stride()[:3], *mask.stride()[:3], *kv_count.stride(), *kv_index.stride()[:3],
+        0 if varlen else q_len, 0 if varlen else k_len, n_kblocks, 1.0 - tau, min_sparse_len, int(single_query_dense),
+        BLOCK_SIZE=block_size, BLOCK_K=max(16, next_pow2(n_kblocks)), FORCED_FIRST=selector == "forced_first",
+        FORCE_SINK=force_sink, FORCE_DIAGONAL=force_diagonal, DENSE_LAST=dense_last_query_block, VARLEN=varlen,
+        num_warps=4 if n_kblocks <= 512 else 8,
+    )
+    return mask, kv_count, kv_index

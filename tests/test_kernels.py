@@ -1,0 +1,138 @@
+"""Triton kernels against the reference, stage by stage.
+
+Without a GPU they run in Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1), at small
+sizes and in fp32/fp16 only: the interpreter computes bf16 wrongly. On a GPU the same tests run
+compiled, bf16 included. Outputs are poisoned with NaN first, so an unwritten element fails.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import rrattention as rr  # noqa: E402
+from rrattention.kernels.block_sparse_attention import block_sparse_attention as attention_kernel  # noqa: E402
+from rrattention.kernels.estimate import estimate_block_scores as estimate_kernel  # noqa: E402
+from rrattention.kernels.select import select_blocks as select_kernel  # noqa: E402
+from rrattention.pipeline import run_attention_packed  # noqa: E402
+from tests.helpers import make_qkv  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
+SMALL = dict(ROWS=64, BLOCK_N=32)  # small tiles keep the interpreter fast; GPU runs use the defaults
+
+
+def _estimate_config():
+    return None if GPU else SMALL
+
+
+@pytest.mark.parametrize(
+    "batch, hq, hkv, lq, lk, dim, stride, block, policy, exact",
+    [
+        (1, 2, 1, 200, 330, 64, 8, 64, "round_robin", False),
+        (2, 4, 2, 129, 129, 32, 4, 128, "random", False),
+        (1, 6, 2, 300, 300, 64, 8, 128, "group_round_robin", True),
+        (1, 7, 1, 250, 390, 16, 8, 64, "fixed", True),
+        (1, 3, 3, 64, 64, 128, 16, 64, "round_robin", False),
+        (1, 2, 1, 1000, 1000, 32, 4, 64, "round_robin", True),  # mask-free tiles before the diagonal
+    ],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_estimator_matches_reference(batch, hq, hkv, lq, lk, dim, stride, block, policy, exact, dtype):
+    q, k, _ = make_qkv(batch, hq, hkv, lq, lk, dim, dtype=dtype, device=DEVICE, seed=lq)
+    cfg = rr.RRConfig(stride=stride, block_size=block, head_shift=policy, exact_stride_causal=exact, seed=5)
+    want = rr.estimate_block_scores(q, k, cfg, layer=3, backend="reference")
+    poisoned = torch.full_like(want, float("nan"))
+    got = estimate_kernel(
+        q, k, stride=stride, block_size=block, head_shift=policy, scale=dim**-0.5, layer=3, seed=5,
+        exact_stride_causal=exact, out=poisoned, config=_estimate_config(),
+    )
+    assert not bool(got.isnan().any())
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "selector, flags, tau",
+    list(itertools.product(["top_tau", "forced_first"], [(True, True, True), (False, True, False), (False, False, False)], [0.6, 1.0])),
+)
+def test_selection_matches_reference(selector, flags, tau):
+    sink, diagonal, last = flags
+    q, k, _ = make_qkv(1, 2, 1, 330, 520, 16, device=DEVICE)
+    cfg = rr.RRConfig(block_size=64, tau=tau, selector=selector, force_sink=sink, force_diagonal=diagonal,
+                      dense_last_query_block=last)
+    scores = rr.estimate_block_scores(q, k, cfg, backend="reference")
+    scores[0, 0, 2, 1] = scores[0, 0, 2, 2]  # an exact tie: lower block index ranks first
+    want = rr.select_blocks(scores, cfg, q_len=330, k_len=520, backend="reference")
+    mask, count, index = select_kernel(
+        scores, q_len=330, k_len=520, block_size=64, tau=tau, selector=selector,
+        force_sink=sink, force_diagonal=diagonal, dense_last_query_block=last,
+    )
+    assert torch.equal(mask, want)
+    want_count, want_index = rr.to_kv_index(want)
+    assert torch.equal(count, want_count) and torch.equal(index, want_index)
+
+
+@pytest.mark.parametrize(
+    "batch, hq, hkv, lq, lk, dim, block",
+    [(1, 2, 1, 200, 330, 64, 64), (2, 4, 2, 129, 129, 32, 128), (1, 2, 2, 300, 300, 128, 128), (1, 1, 1, 70, 200, 256, 64)],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_matches_reference(batch, hq, hkv, lq, lk, dim, block, dtype):
+    q, k, v = make_qkv(batch, hq, hkv, lq, lk, dim, dtype=dtype, device=DEVICE, seed=dim)
+    n_q, n_k = -(-lq // block), -(-lk // block)
+    mask = torch.rand(batch, hq, n_q, n_k, generator=torch.Generator().manual_seed(1)).to(DEVICE) > 0.4
+    mask[0, 0, -1] = False  # a row with nothing selected: zeros and LSE -inf
+    count, index = rr.to_kv_index(mask)
+    want, want_lse = rr.block_sparse_attention(q, k, v, mask, return_lse=True, block_size=block, backend="reference")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:3], float("nan"), device=DEVICE)
+    attention_kernel(q, k, v, count, index, block_size=block, scale=dim**-0.5, out=out, lse=lse)
+    assert not bool(out.isnan().any() or lse.isnan().any())
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse))
+    torch.testing.assert_close(lse, want_lse, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_sequences_in_one_launch_match_per_sequence_reference():
+    lens = [(100, 100), (37, 190), (1, 50), (130, 130)]
+    cfg = rr.RRConfig(stride=4, block_size=64, tau=0.8, min_sparse_len=60)
+    seqs = [make_qkv(1, 4, 2, lq, lk, 32, seed=i, device=DEVICE, dtype=torch.float16) for i, (lq, lk) in enumerate(lens)]
+    pack = lambda xs: torch.cat([x[0].transpose(0, 1) for x in xs])  # noqa: E731
+    cu = lambda n: torch.tensor([0, *n], device=DEVICE).cumsum(0).to(torch.int32)  # noqa: E731
+    q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
+    cu_q, cu_k = cu([a for a, _ in lens]), cu([b for _, b in lens])
+    out, mask = run_attention_packed(q, k, v, cu_q, cu_k, 130, 190, cfg, None, 32**-0.5)
+    for s, (qs, ks, vs) in enumerate(seqs):
+        want, stats = rr.rr_attention(qs, ks, vs, cfg, return_stats=True, backend="reference")
+        torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]].float(), want[0].transpose(0, 1).float(), atol=2e-2, rtol=2e-2)
+        rows, cols = stats.block_mask.shape[-2:]
+        assert torch.equal(mask[s, :, :rows, :cols], stats.block_mask[0])  # dense sequences: every visible block
+        assert not bool(mask[s, :, rows:].any() or mask[s, :, :, cols:].any())
+
+
+def test_dispatch_reports_why_backends_decline():
+    from rrattention import backends
+
+    problem = backends.Problem(torch.device("cpu"), 96, torch.float16, head_dim=512, stride=8, group=4, varlen=True)
+    reasons = backends.explain("attention", problem)
+    assert reasons["reference"] == []
+    assert any("runs on cuda tensors, got cpu" in r for r in reasons["triton"])
+    assert any("block_size 96 not in [64, 128]" in r for r in reasons["triton"])
+    assert any("head dim 512 outside [16, 256]" in r for r in reasons["triton"])
+    assert any("no packed variable-length layout" in r for r in reasons["flex"])
+    assert backends.explain("estimate", problem)["flex"] == ["does not implement the estimate stage (implements attention)"]
+    big_group = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=128, stride=4, group=32)
+    assert any("512-row tile" in r for r in backends.explain("estimate", big_group)["triton"])
+    assert backends.choose("attention", problem) == "reference"
+    q, k, v = make_qkv(1, 2, 1, 64, 64, 16)
+    if not GPU:
+        with pytest.raises(ValueError, match="backend .triton. cannot run the estimate stage: runs on cuda tensors, got cpu"):
+            rr.rr_attention(q, k, v, rr.RRConfig(block_size=64, min_sparse_len=0), backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of 'triton', 'flex', 'reference', got 'cuda'"):
+        rr.rr_attention(q, k, v, backend="cuda")
+    _, stats = rr.rr_attention(q, k, v, rr.RRConfig(block_size=64, min_sparse_len=0), return_stats=True, backend="reference")
+    assert stats.backends == {"estimate": "reference", "select": "reference", "attention": "reference"}

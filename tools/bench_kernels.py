@@ -1,0 +1,234 @@
+"""Kernel benchmark: dense SDPA (flash, cuDNN), FlexAttention and our block-sparse kernel at fixed
+densities, our estimator + selection, and an XAttention-style estimator, side by side.
+
+    python tools/bench_kernels.py --out results/kernels/h100
+
+Writes ``bench_kernels.csv``, ``bench_kernels.md`` (table with provenance) and ``bench_kernels.png``
+into ``--out``. Times are medians of ``triton.testing.do_bench`` (CUDA events, after warm-up).
+Density ``d`` counts selected / causally visible blocks; masks are random per head and query
+block, always holding the sink and diagonal blocks, and identical for FlexAttention and ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import rrattention as rr  # noqa: E402
+from rrattention.kernels.block_sparse_attention import block_sparse_attention as sparse_kernel  # noqa: E402
+from rrattention.kernels.estimate import estimate_block_scores  # noqa: E402
+from rrattention.kernels.flex_attention import block_sparse_attention as flex_sparse  # noqa: E402
+from rrattention.kernels.select import select_blocks  # noqa: E402
+from rrattention.reference import visible_blocks  # noqa: E402
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def random_mask(heads: int, length: int, block: int, density: float, seed: int) -> torch.Tensor:
+    """Per (head, row): the sink, the diagonal and a random share of the other visible blocks."""
+    visible = visible_blocks(length, length, block, "cuda")
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    n = visible.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device="cuda")
+    forced = eye.clone()
+    forced[:, 0] = True
+    free = (visible & ~forced).expand(heads, -1, -1)
+    rows_visible = visible.sum(-1, keepdim=True).float()
+    rows_forced = forced.sum(-1, keepdim=True).float()
+    # keep each free block with the probability that makes the row's expected density d
+    p = ((density * rows_visible - rows_forced) / (rows_visible - rows_forced).clamp(min=1)).clamp(0, 1)
+    keep = torch.rand(free.shape, generator=g, device="cuda") < p
+    return ((free & keep) | forced)[None]
+
+
+def xattention_style_estimate(q, k, stride, block, chunk=16384):
+    """Antidiagonal stride scoring as XAttention does it (reshape + one GEMM per query chunk,
+    materialised logits, fp32 softmax over key strides, block sums); GQA by repeating K."""
+    b, hq, length, d = q.shape
+    k = k.repeat_interleave(hq // k.shape[1], 1)
+    n = length // stride
+    qa = q[:, :, : n * stride].reshape(b, hq, n, stride, d).flip(3).reshape(b, hq, n, stride * d)
+    ka = k[:, :, : n * stride].reshape(b, hq, n, stride * d)
+    r = block // stride
+    nb = n // r
+    out = torch.empty(b, hq, nb, nb, device=q.device, dtype=torch.float32)
+    rows_per_chunk = chunk // stride
+    for m0 in range(0, n, rows_per_chunk):
+        z = (qa[:, :, m0 : m0 + rows_per_chunk] @ ka.transpose(-1, -2)).float() / (math.sqrt(d) * stride)
+        rows = torch.arange(m0, m0 + z.shape[2], device=q.device)
+        z.masked_fill_(torch.arange(n, device=q.device)[None, :] > rows[:, None], float("-inf"))
+        p = torch.softmax(z, -1)
+        out[:, :, m0 // r : (m0 + z.shape[2]) // r] = p.view(b, hq, -1, r, nb, r).sum((3, 5))
+    return out
+
+
+def sweep(length, hq, hkv, d, block, stride) -> None:
+    """Launch-config variants at one length, printed fastest first (to choose kernels/_common.py)."""
+    import itertools
+
+    q = torch.randn(1, hq, length, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+    mask = random_mask(hq, length, block, 0.5, seed=0)
+    count, index = rr.to_kv_index(mask)
+    results = []
+    for bm, bn, warps, stages in itertools.product([64, 128], [64, 128], [4, 8], [2, 3, 4]):
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        try:
+            t = bench(lambda: sparse_kernel(q, k, v, count, index, block_size=block, scale=d**-0.5, config=cfg))
+        except Exception as err:  # out of shared memory / registers for this variant
+            t = float("nan")
+            print("attention", cfg, type(err).__name__)
+        results.append(("attention", cfg, t))
+    for rows, bn, warps, stages in itertools.product([128, 256], [32, 64, 128], [4, 8], [1, 2, 3]):
+        cfg = dict(ROWS=rows, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        try:
+            t = bench(lambda: estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin",
+                                                    scale=d**-0.5, config=cfg))
+        except Exception as err:
+            t = float("nan")
+            print("estimate", cfg, type(err).__name__)
+        results.append(("estimate", cfg, t))
+    for kernel in ("attention", "estimate"):
+        rows = sorted((r for r in results if r[0] == kernel and r[2] == r[2]), key=lambda r: r[2])
+        print(f"{kernel} at L={length}, fastest first:")
+        for _, cfg, t in rows[:8]:
+            print(f"  {t:8.3f} ms  {cfg}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lengths", default="2048,4096,8192,16384,32768,65536,131072")
+    ap.add_argument("--densities", default="1,0.5,0.25,0.1")
+    ap.add_argument("--q-heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--stride", type=int, default=8)
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--sweep", type=int, default=0, metavar="L",
+                    help="only time launch-config variants of both kernels at length L and exit")
+    args = ap.parse_args()
+    import pandas as pd
+
+    if args.sweep:
+        sweep(args.sweep, args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride)
+        return
+
+    torch.manual_seed(0)
+    hq, hkv, d, block, stride = args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride
+    scale = d**-0.5
+    densities = [float(x) for x in args.densities.split(",")]
+    records = []
+    for length in [int(x) for x in args.lengths.split(",")]:
+        q = torch.randn(1, hq, length, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+        kr, vr = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+        row = {"L": length}
+        for name, backend in (("sdpa_flash_ms", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn_ms", SDPBackend.CUDNN_ATTENTION)):
+            with sdpa_kernel(backend):
+                row[name] = bench(lambda: F.scaled_dot_product_attention(q, kr, vr, is_causal=True))
+        cudnn = row["sdpa_cudnn_ms"]
+        for density in densities:
+            mask = random_mask(hq, length, block, density, seed=length)
+            count, index = rr.to_kv_index(mask)
+            visible = visible_blocks(length, length, block, "cuda")
+            actual = float(mask.sum() / (visible.sum() * hq))
+            t = bench(lambda: sparse_kernel(q, k, v, count, index, block_size=block, scale=scale))
+            row[f"ours_d{density:g}_ms"] = t
+            row[f"ours_d{density:g}_density"] = actual
+            # per-block throughput relative to cuDNN dense: 1.0 = as fast per computed block
+            row[f"ours_d{density:g}_vs_cudnn"] = cudnn * actual / t
+            if not args.no_flex:
+                tf = bench(lambda: flex_sparse(q, k, v, mask, block_size=block, scale=scale))
+                row[f"flex_d{density:g}_ms"] = tf
+                row[f"flex_d{density:g}_vs_cudnn"] = cudnn * actual / tf
+        cfg = rr.RRConfig(stride=stride, block_size=block, tau=0.95)
+
+        def estimate_and_select():
+            scores = estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale)
+            return select_blocks(scores, q_len=length, k_len=length, block_size=block, tau=cfg.tau, selector=cfg.selector,
+                                 force_sink=True, force_diagonal=True, dense_last_query_block=True)
+
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        row["estimate_select_ms"] = bench(estimate_and_select)
+        row["estimate_select_extra_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        for splits in (1, 2, 3):
+            row[f"estimate_splits{splits}_ms"] = bench(lambda: estimate_block_scores(
+                q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale, config={"SPLITS": splits}))
+        scores = estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale)
+        row["select_ms"] = bench(lambda: select_blocks(scores, q_len=length, k_len=length, block_size=block, tau=0.95,
+                                                       selector="top_tau", force_sink=True, force_diagonal=True,
+                                                       dense_last_query_block=True))
+        row["estimate_select_vs_cudnn"] = row["estimate_select_ms"] / cudnn
+        row["xattn_style_estimate_ms"] = bench(lambda: xattention_style_estimate(q, k, stride, block))
+        records.append(row)
+        print({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in row.items()}, flush=True)
+        torch.cuda.empty_cache()
+
+    df = pd.DataFrame(records)
+    # crossover: shortest length where estimate + select + sparse attention at d = 0.5 beats dense cuDNN
+    total = df["estimate_select_ms"] + df["ours_d0.5_ms"]
+    faster = df["L"][total < df["sdpa_cudnn_ms"]]
+    crossover = int(faster.min()) if len(faster) else None
+    props = torch.cuda.get_device_properties(0)
+    provenance = (
+        f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; Python {platform.python_version()}; "
+        f"date {datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; "
+        f"B=1, Hq={hq}, Hkv={hkv}, D={d}, bf16, causal, block {block}, S={stride}"
+    )
+    print(df.to_string(index=False))
+    print(f"crossover (est+sel+sparse at d=0.5 < cuDNN dense): {crossover}")
+    print(provenance)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out / "bench_kernels.csv", index=False)
+        cols = ["L", "sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_d{x:g}_ms" for x in densities] + (
+            [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + [
+            "estimate_select_ms", "estimate_select_vs_cudnn", "xattn_style_estimate_ms"]
+        (args.out / "bench_kernels.md").write_text(
+            f"# Kernel benchmark\n\n{provenance}\n\n" + df[cols].to_markdown(index=False, floatfmt=".3f")
+            + "\n\nPer-block throughput relative to cuDNN dense (1.0 = equal):\n\n"
+            + df[["L"] + [c for c in df.columns if c.endswith("_vs_cudnn")]].to_markdown(index=False, floatfmt=".3f")
+            + f"\n\nCrossover (estimate + select + sparse at d = 0.5 faster than cuDNN dense): {crossover}\n"
+        )
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+        for c in ["sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_d{x:g}_ms" for x in densities] + (
+                [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + ["estimate_select_ms", "xattn_style_estimate_ms"]:
+            ax[0].plot(df["L"], df[c], marker="o", label=c.replace("_ms", ""), linestyle="--" if c.startswith("flex") else "-")
+        ax[0].set(xscale="log", yscale="log", xlabel="tokens", ylabel="ms", title="time (median)")
+        ax[0].legend(fontsize=7)
+        for c in [c for c in df.columns if c.endswith("_vs_cudnn") and c != "estimate_select_vs_cudnn"]:
+            ax[1].plot(df["L"], df[c], marker="o", label=c.replace("_vs_cudnn", ""), linestyle="--" if c.startswith("flex") else "-")
+        ax[1].axhline(0.8, color="gray", lw=0.8)
+        ax[1].set(xscale="log", xlabel="tokens", ylabel="cuDNN time per block / ours", title="per-block throughput vs cuDNN dense")
+        ax[1].legend(fontsize=7)
+        fig.suptitle(provenance[:160], fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.out / "bench_kernels.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

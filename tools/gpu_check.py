@@ -1,0 +1,188 @@
+"""GPU correctness check of the Triton (and FlexAttention) backends against the reference.
+
+    python tools/gpu_check.py --out results/kernels/h100/gpu_check.txt
+    compute-sanitizer --tool memcheck python tools/gpu_check.py --small
+
+For each case (ragged lengths 1K–32K, GQA ratios 1/4/7, D 64/128, bf16/fp16, Lq < Lk, varlen,
+every head-shift policy and selector) on identical inputs:
+
+* masks: Triton estimator + selection vs the reference (fp32 throughout). A differing block is
+  accepted only where the reference's own decision is within floating-point tolerance: the mass
+  ranked from it onwards lies within 1e-5·T of (1 − τ)·T, or its score is within 1e-5·T of the
+  score at the row's cut (a near tie). Any other difference fails.
+* outputs: relative error ‖out − ref‖/‖ref‖ of our block-sparse kernel (and FlexAttention) against
+  an fp32 reference computed on the same mask must be ≤ 2× the error of dense SDPA in the same
+  dtype against the fp32 dense reference.
+* every output element is written (outputs are poisoned with NaN first).
+Exit status 1 if any case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import rrattention as rr  # noqa: E402
+from rrattention import reference  # noqa: E402
+from rrattention.kernels.block_sparse_attention import block_sparse_attention as sparse_kernel  # noqa: E402
+from rrattention.kernels.flex_attention import block_sparse_attention as flex_sparse  # noqa: E402
+
+TOL = 1e-5
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.float() - ref).norm() / ref.norm())
+
+
+def unexplained_mask_differences(got: torch.Tensor, want: torch.Tensor, scores: torch.Tensor, cfg: rr.RRConfig,
+                                 q_len: int, k_len: int) -> tuple[int, int]:
+    """(differing blocks, differing blocks the reference's tolerance does not explain)."""
+    diff = got != want
+    n_diff = int(diff.sum())
+    if n_diff == 0:
+        return 0, 0
+    forced = reference.forced_blocks(q_len, k_len, cfg.block_size, force_sink=cfg.force_sink,
+                                     force_diagonal=cfg.force_diagonal, dense_last_query_block=False,
+                                     device=scores.device)
+    values = scores.masked_fill(forced, 0.0) if cfg.selector == "forced_first" else scores
+    total = scores.sum(-1, keepdim=True)
+    ranked, order = torch.sort(values, dim=-1, descending=True, stable=True)
+    from_here = torch.flip(torch.cumsum(torch.flip(ranked.double(), [-1]), -1), [-1])
+    threshold = (1 - cfg.tau) * total.double()
+    margin_ranked = (from_here - threshold).abs() <= TOL * total.double()
+    margin = torch.zeros_like(margin_ranked).scatter(-1, order, margin_ranked)
+    kept = from_here > threshold
+    cut_rank = kept.sum(-1, keepdim=True).clamp(max=ranked.shape[-1] - 1)  # first dropped (or last)
+    cut_values = torch.cat([ranked.gather(-1, (cut_rank - 1).clamp(min=0)), ranked.gather(-1, cut_rank)], -1)
+    near_tie = ((values[..., None] - cut_values[..., None, :]).abs() <= TOL * total[..., None]).any(-1)
+    return n_diff, int((diff & ~(margin | near_tie)).sum())
+
+
+def check_case(name, q, k, v, cfg, report, flex=True) -> bool:
+    q_len, k_len = q.shape[2], k.shape[2]
+    scale = q.shape[-1] ** -0.5
+    scores_ref = rr.estimate_block_scores(q, k, cfg, backend="reference")
+    mask_ref = rr.select_blocks(scores_ref, cfg, q_len=q_len, k_len=k_len, backend="reference")
+    scores = rr.estimate_block_scores(q, k, cfg, backend="triton")
+    mask = rr.select_blocks(scores, cfg, q_len=q_len, k_len=k_len, backend="triton")
+    score_err = float(((scores - scores_ref).abs().amax(-1) / scores_ref.sum(-1).clamp(min=1e-30)).max())
+    same_scores_mask = rr.select_blocks(scores_ref, cfg, q_len=q_len, k_len=k_len, backend="triton")
+    n_diff, n_bad = unexplained_mask_differences(mask, mask_ref, scores_ref, cfg, q_len, k_len)
+
+    count, index = rr.to_kv_index(mask)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:3], float("nan"), device=q.device)
+    sparse_kernel(q, k, v, count, index, block_size=cfg.block_size, scale=scale, out=out, lse=lse)
+    written = not bool(out.isnan().any() or lse.isnan().any())
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    ref_out, ref_lse = reference.block_sparse_attention(q32, k32, v32, mask, block_size=cfg.block_size, scale=scale)
+    visible = reference.visible_blocks(q_len, k_len, cfg.block_size, q.device)[None, None]
+    dense_ref, _ = reference.block_sparse_attention(q32, k32, v32, visible, block_size=cfg.block_size, scale=scale)
+    err_ours = rel_err(out, ref_out)
+    err_lse = float((lse - ref_lse).abs().max())
+    err_sdpa = rel_err(reference.dense_causal_attention(q, k, v, scale=scale), dense_ref)
+    try:
+        err_flex = rel_err(flex_sparse(q, k, v, mask, block_size=cfg.block_size, scale=scale)[0], ref_out) if flex else 0.0
+    except Exception as err:  # report and fail the case rather than stop the check
+        report(f"  flex failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        err_flex = float("inf")
+    ok = (n_bad == 0 and torch.equal(same_scores_mask, mask_ref) and written and err_ours <= 2 * err_sdpa
+          and err_flex <= 2 * err_sdpa and err_lse < 1e-2)
+    sparsity = 1 - float(mask.sum()) / float(visible.sum() * q.shape[0] * q.shape[1])
+    report(f"{'PASS' if ok else 'FAIL'} {name:<44} sparsity {sparsity:5.3f}  score err/T {score_err:.1e}  "
+           f"mask diff {n_diff:>3} (unexplained {n_bad})  select(ref scores) {'=' if torch.equal(same_scores_mask, mask_ref) else '≠'}  "
+           f"out err ours {err_ours:.2e} flex {err_flex:.2e} sdpa {err_sdpa:.2e}  lse {err_lse:.1e}  written {written}")
+    return ok
+
+
+def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
+    g = torch.Generator(device="cuda").manual_seed(sum(k_lens))
+    seqs = [tuple(torch.randn(1, h, n, d, device="cuda", generator=g, dtype=dtype) for h, n in ((hq, lq), (hkv, lk), (hkv, lk)))
+            for lq, lk in zip(q_lens, k_lens)]
+    pack = lambda xs: torch.cat([x[0].transpose(0, 1) for x in xs])  # noqa: E731
+    cu = lambda n: torch.tensor([0, *n], device="cuda").cumsum(0).to(torch.int32)  # noqa: E731
+    q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
+    out, stats = rr.rr_attention_varlen(q, k, v, cu(q_lens), cu(k_lens), max(q_lens), max(k_lens), cfg,
+                                        return_stats=True, backend="triton")
+    ok, worst, n_diff, n_bad = True, 0.0, 0, 0
+    offset = 0
+    for s, ((qs, ks, vs), lq, lk) in enumerate(zip(seqs, q_lens, k_lens)):
+        scores_ref = rr.estimate_block_scores(qs, ks, cfg, backend="reference")
+        mask_ref = rr.select_blocks(scores_ref, cfg, q_len=lq, k_len=lk, backend="reference")
+        rows, cols = mask_ref.shape[-2:]
+        mask = stats.block_mask[s : s + 1, :, :rows, :cols]
+        d_, b_ = unexplained_mask_differences(mask, mask_ref, scores_ref, cfg, lq, lk)
+        n_diff, n_bad = n_diff + d_, n_bad + b_
+        ref_out, _ = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), mask, block_size=cfg.block_size, scale=d**-0.5)
+        visible = reference.visible_blocks(lq, lk, cfg.block_size, "cuda")[None, None]
+        dense_ref, _ = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), visible, block_size=cfg.block_size, scale=d**-0.5)
+        err = rel_err(out[offset : offset + lq].transpose(0, 1)[None], ref_out)
+        err_sdpa = rel_err(reference.dense_causal_attention(qs, ks, vs, scale=d**-0.5), dense_ref)
+        worst = max(worst, err / err_sdpa)
+        ok &= err <= 2 * err_sdpa
+        offset += lq
+    ok &= n_bad == 0
+    report(f"{'PASS' if ok else 'FAIL'} {name:<44} mask diff {n_diff} (unexplained {n_bad})  "
+           f"worst out err / sdpa err {worst:.2f}  sparsity {stats.sparsity:.3f}")
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", action="store_true", help="small sizes only (for compute-sanitizer)")
+    ap.add_argument("--skip-flex", action="store_true", help="do not check the FlexAttention backend")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    lines = []
+
+    def report(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    props = torch.cuda.get_device_properties(0)
+    report(f"gpu_check on {props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
+           f"command: python tools/gpu_check.py {' '.join(sys.argv[1:])}")
+    # (name, B, Hq, Hkv, Lq, Lk, D, dtype, cfg)
+    C = rr.RRConfig
+    cases = [
+        ("MHA 1000 D64 bf16", 1, 8, 8, 1000, 1000, 64, torch.bfloat16, C(tau=0.9)),
+        ("GQA4 B2 4093 D128 bf16", 2, 16, 4, 4093, 4093, 128, torch.bfloat16, C(tau=0.95)),
+        ("GQA7 8191 D128 fp16 forced_first", 1, 28, 4, 8191, 8191, 128, torch.float16, C(tau=0.9, selector="forced_first")),
+        ("GQA4 chunked 3000/9001 D64 bf16", 1, 8, 2, 3000, 9001, 64, torch.bfloat16, C(tau=0.9)),
+        ("GQA4 5000 Bk64 S4 fp16 random", 1, 4, 1, 5000, 5000, 64, torch.float16, C(stride=4, block_size=64, head_shift="random")),
+        ("GQA4 6007 exact_stride group_rr bf16", 1, 8, 2, 6007, 6007, 128, torch.bfloat16,
+         C(exact_stride_causal=True, head_shift="group_round_robin", tau=0.8)),
+        ("GQA4 16384 D128 bf16", 1, 32, 8, 16384, 16384, 128, torch.bfloat16, C()),
+        ("GQA4 32768 D128 bf16", 1, 32, 8, 32768, 32768, 128, torch.bfloat16, C(tau=0.9)),
+    ]
+    if args.small:
+        cases = [
+            ("small GQA4 700 D64 bf16", 1, 4, 1, 700, 700, 64, torch.bfloat16, C(block_size=64, tau=0.9)),
+            ("small chunked 300/650 D128 fp16", 2, 4, 2, 300, 650, 128, torch.float16, C(tau=0.8)),
+        ]
+    ok = True
+    for name, b, hq, hkv, lq, lk, d, dtype, cfg in cases:
+        g = torch.Generator(device="cuda").manual_seed(lq * 31 + hq)
+        # keys with a few strong directions, as in real models, so attention is far from uniform
+        q = torch.randn(b, hq, lq, d, device="cuda", generator=g) * 2
+        k = torch.randn(b, hkv, lk, d, device="cuda", generator=g) + 3 * torch.randn(1, hkv, 1, d, device="cuda", generator=g)
+        v = torch.randn(b, hkv, lk, d, device="cuda", generator=g)
+        ok &= check_case(name, q.to(dtype), k.to(dtype), v.to(dtype), cfg, report, flex=not args.skip_flex)
+    lens = ([100, 300, 65], [100, 500, 65]) if args.small else ([1000, 4093, 129, 2500], [1000, 4093, 129, 7000])
+    ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16, C(tau=0.9), report)
+    report("ALL PASS" if ok else "SOME CASES FAILED")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
