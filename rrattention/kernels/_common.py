@@ -43,8 +43,14 @@ def launch_config(kernel: str, *, head_dim: int, block_size: int, dtype: torch.d
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], block_size)
         cfg["BLOCK_N"] = min(cfg["BLOCK_N"], block_size)
         if dtype == torch.float32:  # fp32 tiles take twice the registers and shared memory
-            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
-            cfg["num_stages"] = min(cfg["num_stages"], 2)
+            cap = 32 if head_dim > 128 else 64
+            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], cap)
+            cfg["BLOCK_N"] = min(cfg["BLOCK_N"], cap)
+            cfg["num_stages"] = 1 if head_dim > 128 else min(cfg["num_stages"], 2)
+    elif dtype == torch.float32:
+        cfg["ROWS"] = min(cfg["ROWS"], 64 if head_dim > 128 else 128)
+        cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 32 if head_dim > 128 else 64)
+        cfg["num_stages"] = 1
     if override:
         cfg.update(override)
     return cfg
