@@ -3,7 +3,7 @@
 The normative definition is ``spec.md``; :mod:`rrattention.reference` implements it stage by stage.
 """
 
-from . import reference
+from . import backends, reference
 from .api import block_sparse_attention, estimate_block_scores, rr_attention, select_blocks, to_kv_index
 from .config import HEAD_SHIFTS, SELECTORS, RRConfig
 from .pipeline import dense_reason
@@ -12,12 +12,22 @@ from .varlen import rr_attention_varlen
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `rr.hf` imports transformers only when asked for (an optional dependency: the [hf] extra).
+    if name == "hf":
+        from .integrations import hf
+
+        return hf
+    raise AttributeError(f"module 'rrattention' has no attribute {name!r}")
+
 __all__ = [
     "HEAD_SHIFTS",
     "RRConfig",
     "RRStats",
     "SELECTORS",
     "__version__",
+    "backends",
     "block_sparse_attention",
     "dense_reason",
     "estimate_block_scores",

@@ -162,6 +162,7 @@ def rr_attention(
     return_stats: bool = False,
     check_inputs: bool = False,
     backend: str | None = None,
+    time_stages: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
     """RRAttention: estimate (§2–§3), select (§4), block-sparse attention (§5), with the policies of §6.
 
@@ -180,6 +181,7 @@ def rr_attention(
         check_inputs: raise ValueError if q, k or v hold NaN/inf (costs a host sync).
         backend: force a backend for the stages it implements (others: the first capable);
             ``rrattention.backends.explain`` says why a backend declines.
+        time_stages: record each stage's time in ``stats.timings_ms`` (synchronises the GPU).
 
     Returns:
         ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)``.
@@ -189,10 +191,10 @@ def rr_attention(
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
-    out, block_mask, reason, used = run_attention(q, k, v, cfg, layer, scale, shape, backend)
+    run = run_attention(q, k, v, cfg, layer, scale, shape, backend, time_stages)
     if not return_stats:
-        return out
+        return run.out
     visible = reference.visible_blocks(shape.q_len, shape.k_len, cfg.block_size, q.device)
     visible = visible.expand(shape.batch, shape.q_heads, -1, -1)
-    mask = visible if block_mask is None else block_mask
-    return out, RRStats.from_masks(mask, visible, [reason] * shape.batch, used)
+    mask = visible if run.block_mask is None else run.block_mask
+    return run.out, RRStats.from_masks(mask, visible, [run.dense_reason] * shape.batch, run.backends, run.timings_ms)

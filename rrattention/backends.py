@@ -9,6 +9,7 @@ reference is the definition the others are tested against.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,7 +51,7 @@ class Backend:
         reasons = []
         if stage not in self.stages:
             return [f"does not implement the {stage} stage (implements {', '.join(sorted(self.stages))})"]
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.requires if not _importable(m)]
         if missing:
             reasons.append(f"needs the package(s) {', '.join(missing)}")
         if problem.device.type not in self.devices:
@@ -66,6 +67,12 @@ class Backend:
         if self.check is not None:
             reasons += self.check(stage, problem)
         return reasons
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    # find_spec walks sys.path: cached, since dispatch runs on every attention call.
+    return importlib.util.find_spec(module) is not None
 
 
 def _triton_tile_limit(stage: str, problem: Problem) -> list[str]:
@@ -125,6 +132,7 @@ def explain(stage: str, problem: Problem) -> dict[str, list[str]]:
     return {name: BACKENDS[name].not_supported_reasons(stage, problem) for name in PRIORITY}
 
 
+@functools.lru_cache(maxsize=1024)  # pure in its arguments; dispatch runs on every attention call
 def choose(stage: str, problem: Problem, requested: str | None = None) -> str:
     """The backend that runs ``stage``: ``requested`` if given (a backend that does not implement
     the stage defers to the priority order), else the first in :data:`PRIORITY` that accepts."""

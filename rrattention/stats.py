@@ -20,6 +20,7 @@ class RRStats:
         sparsity: ``1 − selected / visible`` counted over every (sequence, head, query block).
         dense_reasons: per sequence, why it ran dense attention (None where it ran sparse).
         backends: which backend ran each stage (``{"attention": "sdpa"}`` for a dense call).
+        timings_ms: per stage, when the call was asked to time them (summed over sequences).
     """
 
     block_mask: torch.Tensor
@@ -27,12 +28,14 @@ class RRStats:
     sparsity: float
     dense_reasons: tuple[str | None, ...]
     backends: Mapping[str, str] = field(default_factory=dict)
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_masks(cls, block_mask: torch.Tensor, visible_mask: torch.Tensor, dense_reasons, backends=None) -> "RRStats":
+    def from_masks(cls, block_mask, visible_mask, dense_reasons, backends=None, timings_ms=None) -> "RRStats":
         selected = int((block_mask & visible_mask).sum())
         visible = int(visible_mask.sum())
-        return cls(block_mask, visible_mask, 1.0 - selected / visible, tuple(dense_reasons), dict(backends or {}))
+        return cls(block_mask, visible_mask, 1.0 - selected / visible, tuple(dense_reasons), dict(backends or {}),
+                   dict(timings_ms or {}))
 
     @property
     def sparsity_per_head(self) -> torch.Tensor:

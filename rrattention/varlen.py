@@ -66,6 +66,7 @@ def rr_attention_varlen(
     return_stats: bool = False,
     check_inputs: bool = False,
     backend: str | None = None,
+    time_stages: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
     """RRAttention on packed sequences of different lengths.
 
@@ -79,7 +80,8 @@ def rr_attention_varlen(
         cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]``, on q's device, cumulative lengths from 0;
             every sequence has ``1 ≤ Lq ≤ Lk``.
         max_seqlen_q, max_seqlen_k: upper bounds on the lengths (as in flash-attn).
-        cfg, scale, layer, return_stats, check_inputs, backend: as in :func:`rrattention.rr_attention`.
+        cfg, scale, layer, return_stats, check_inputs, backend, time_stages: as in
+            :func:`rrattention.rr_attention`.
             With the Triton backend all sequences run in one launch per stage and the offsets are
             trusted (validated only with ``check_inputs`` or ``return_stats``, which synchronise).
 
@@ -110,30 +112,33 @@ def rr_attention_varlen(
     if fused:
         # Offsets are trusted as in flash-attn (reading them back would synchronise); checked on request.
         spans = _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k) if check_inputs else None
-        out, block_mask = run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cfg, layer, scale)
+        run = run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cfg, layer, scale,
+                                   time_stages)
         if not return_stats:
-            return out
+            return run.out
         spans = spans or _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
         reasons = [dense_reason(cfg, layer, qb - qa, kb - ka) for qa, qb, ka, kb in spans]
-        masks = [block_mask[s : s + 1] for s in range(len(spans))]
-        return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, dict.fromkeys(backends.STAGES, "triton"))
+        masks = [run.block_mask[s : s + 1] for s in range(len(spans))]
+        return run.out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, run.backends, run.timings_ms)
 
     spans = _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     out = torch.empty_like(q)
-    masks, reasons, used = [], [], {}
+    masks, reasons, used, timings = [], [], {}, {}
     for qa, qb, ka, kb in spans:
         q1, k1, v1 = (x.transpose(0, 1).unsqueeze(0) for x in (q[qa:qb], k[ka:kb], v[ka:kb]))
-        o1, mask, reason, used_one = run_attention(q1, k1, v1, cfg, layer, scale, check_qkv(q1, k1, v1), backend)
-        out[qa:qb] = o1[0].transpose(0, 1)
-        masks.append(mask)
-        reasons.append(reason)
-        used.update(used_one)
+        run = run_attention(q1, k1, v1, cfg, layer, scale, check_qkv(q1, k1, v1), backend, time_stages)
+        out[qa:qb] = run.out[0].transpose(0, 1)
+        masks.append(run.block_mask)
+        reasons.append(run.dense_reason)
+        used.update(run.backends)
+        for stage, ms in run.timings_ms.items():
+            timings[stage] = timings.get(stage, 0.0) + ms
     if not return_stats:
         return out
-    return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, used)
+    return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, used, timings)
 
 
-def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device, used) -> RRStats:
+def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device, used, timings) -> RRStats:
     grid = lambda length: -(-length // block_size)  # noqa: E731
     n_qblocks = max(grid(qb - qa) for qa, qb, _, _ in spans)
     n_kblocks = max(grid(kb - ka) for _, _, ka, kb in spans)
@@ -144,4 +149,4 @@ def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device, us
         rows, cols = visible.shape
         visible_mask[s, :, :rows, :cols] = visible
         block_mask[s, :, :rows, :cols] = visible if mask is None else mask[0, :, :rows, :cols]
-    return RRStats.from_masks(block_mask, visible_mask, reasons, used)
+    return RRStats.from_masks(block_mask, visible_mask, reasons, used, timings)

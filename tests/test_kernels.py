@@ -105,7 +105,8 @@ def test_packed_sequences_in_one_launch_match_per_sequence_reference():
     cu = lambda n: torch.tensor([0, *n], device=DEVICE).cumsum(0).to(torch.int32)  # noqa: E731
     q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
     cu_q, cu_k = cu([a for a, _ in lens]), cu([b for _, b in lens])
-    out, mask = run_attention_packed(q, k, v, cu_q, cu_k, 130, 190, cfg, None, 32**-0.5)
+    run = run_attention_packed(q, k, v, cu_q, cu_k, 130, 190, cfg, None, 32**-0.5)
+    out, mask = run.out, run.block_mask
     for s, (qs, ks, vs) in enumerate(seqs):
         want, stats = rr.rr_attention(qs, ks, vs, cfg, return_stats=True, backend="reference")
         torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]].float(), want[0].transpose(0, 1).float(), atol=2e-2, rtol=2e-2)

@@ -1,0 +1,189 @@
+"""HF transformers backend (CPU): tiny random models of several families, padding, generation,
+chunked prefill, telemetry; and the real SmolLM2 model from the offline assets."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import rrattention as rr  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the Triton backend serves the calls
+EXACT = rr.RRConfig(tau=1.0, block_size=64, min_sparse_len=0)  # τ = 1, all forced blocks: dense-equivalent
+SPARSE = rr.RRConfig(tau=0.8, stride=4, block_size=32, min_sparse_len=0)
+
+
+def _tiny(family: str, **extra):
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, **extra)
+    torch.manual_seed(0)
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    elif family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+    elif family == "qwen3":
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=32, **common))
+    elif family == "mistral":
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(**common))
+    else:
+        raise ValueError(family)
+    return model.to(DEVICE).eval()
+
+
+def _logits(model, ids, **kwargs):
+    with torch.no_grad():
+        return model(ids.to(DEVICE), **{k: v.to(DEVICE) for k, v in kwargs.items()}).logits
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_tau_one_equals_sdpa_and_sparse_runs(family):
+    model = _tiny(family)
+    ids = torch.randint(0, 128, (2, 300), generator=torch.Generator().manual_seed(1))
+    model.set_attn_implementation("sdpa")
+    want = _logits(model, ids)
+    rr.hf.configure(model, EXACT)
+    with rr.hf.collect_stats(model) as stats:
+        got = _logits(model, ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert [r.layer for r in stats.records] == [0, 1] and stats.sparsity() == 0.0
+    rr.hf.configure(model, SPARSE)  # switching settings needs no reload
+    with rr.hf.collect_stats(model) as stats:
+        _logits(model, ids)
+    record = stats.records[0]
+    assert (record.q_len, record.k_len, record.batch) == (300, 300, 2)
+    assert record.sparsity_per_head.shape == (2, 4) and 0.0 < stats.sparsity() < 1.0
+    assert record.dense_reasons == (None, None)
+
+
+def test_left_padded_batch_equals_each_sequence_alone():
+    model = _tiny("llama")
+    rr.hf.configure(model, SPARSE)
+    lengths = [300, 170, 33]
+    seqs = [torch.randint(0, 128, (1, n), generator=torch.Generator().manual_seed(n)) for n in lengths]
+    ids = torch.zeros(3, 300, dtype=torch.long)
+    mask = torch.zeros(3, 300, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, 300 - s.shape[1]:] = s[0]
+        mask[b, 300 - s.shape[1]:] = 1
+    with rr.hf.collect_stats(model) as stats:
+        batch = _logits(model, ids, attention_mask=mask)
+    assert stats.records[0].dense_reasons == (None, None, None)  # the varlen path, all sparse
+    for b, s in enumerate(seqs):
+        alone = _logits(model, s)
+        torch.testing.assert_close(batch[b, 300 - s.shape[1]:], alone[0], atol=1e-5, rtol=1e-5)
+    # what sits in the padding never matters
+    garbage = ids.clone()
+    garbage[mask == 0] = 7
+    torch.testing.assert_close(_logits(model, garbage, attention_mask=mask)[mask.bool().to(DEVICE)], batch[mask.bool().to(DEVICE)],
+                               atol=0, rtol=0)
+
+
+def test_greedy_generation_prefill_sparse_decode_dense_same_tokens_as_sdpa():
+    model = _tiny("qwen2")
+    ids = torch.randint(0, 128, (1, 257), generator=torch.Generator().manual_seed(3))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    model.set_attn_implementation("sdpa")
+    ids = ids.to(DEVICE)
+    with torch.no_grad():
+        want = model.generate(ids, **kwargs)
+    rr.hf.configure(model, EXACT)
+    with rr.hf.collect_stats(model) as stats, torch.no_grad():
+        got = model.generate(ids, **kwargs)
+    assert torch.equal(got, want)
+    prefill = [r for r in stats.records if r.q_len > 1]
+    decode = [r for r in stats.records if r.q_len == 1]
+    assert len(prefill) == 2 and all(r.dense_reasons == (None,) for r in prefill)
+    assert len(decode) == 2 * 7 and all(r.dense_reasons == ("single query (Lq == 1, decode)",) for r in decode)
+
+
+def test_chunked_prefill_is_sparse_and_bottom_right_aligned():
+    model = _tiny("llama")
+    ids = torch.randint(0, 128, (1, 400), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    rr.hf.configure(model, EXACT)
+    full = _logits(model, ids)
+    with torch.no_grad():
+        cache = model(ids[:, :250], use_cache=True).past_key_values
+        with rr.hf.collect_stats(model) as stats:
+            rest = model(ids[:, 250:], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(rest, full[:, 250:], atol=1e-5, rtol=1e-5)
+    assert (stats.records[0].q_len, stats.records[0].k_len) == (150, 400)
+    assert stats.records[0].dense_reasons == (None,)
+
+
+def test_non_padding_masks_fall_back_to_dense_sdpa():
+    model = _tiny("mistral", sliding_window=64)
+    ids = torch.randint(0, 128, (1, 200), generator=torch.Generator().manual_seed(5))
+    model.set_attn_implementation("sdpa")
+    want = _logits(model, ids)
+    rr.hf.configure(model, SPARSE)
+    with rr.hf.collect_stats(model) as stats:
+        got = _logits(model, ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert stats.records[0].dense_reasons == ("attention mask is not causal + padding",)
+
+
+def test_per_layer_config_and_timing():
+    model = _tiny("llama")
+    cfg = rr.RRConfig(tau=0.5, block_size=32, stride=4, min_sparse_len=0, dense_layers=(0,),
+                      layer_overrides={1: {"tau": 1.0}})
+    rr.hf.configure(model, cfg)
+    with rr.hf.collect_stats(model, timing=True) as stats:
+        _logits(model, torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(6)))
+    first, second = stats.records
+    assert first.dense_reasons == ("layer 0 is in dense_layers",) and set(first.timings_ms) == {"attention"}
+    assert second.dense_reasons == (None,) and second.sparsity == 0.0
+    assert set(second.timings_ms) == {"estimate", "select", "attention"}
+    assert all(t >= 0 for t in second.timings_ms.values())
+    assert stats.layer_sparsity() == {0: 0.0, 1: 0.0}
+
+
+def test_configure_errors():
+    with pytest.raises(ValueError, match="has no attention module with `layer_idx`"):
+        rr.hf.configure(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="cfg must be an rrattention.RRConfig"):
+        rr.hf.configure(_tiny("llama"), {"tau": 0.9})
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rr.hf.configure(_tiny("llama"), backend="fast")
+
+
+def test_loading_by_name_uses_default_config(tmp_path):
+    model = _tiny("llama")
+    model.save_pretrained(tmp_path)
+    rr.hf.register()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=rr.hf.ATTN_IMPLEMENTATION)
+    loaded = loaded.to(DEVICE)
+    ids = torch.randint(0, 128, (1, 100), generator=torch.Generator().manual_seed(7))
+    with rr.hf.collect_stats(loaded) as stats:
+        _logits(loaded, ids)
+    # an unconfigured model runs RRConfig(): 100 tokens are below its min_sparse_len, hence dense
+    assert stats.records[0].dense_reasons == ("Lk=100 < min_sparse_len=8192",)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from rrattention import assets
+
+    try:
+        return assets.load_smollm2()
+    except assets.AssetUnavailable as err:
+        pytest.skip(f"offline SmolLM2 asset unavailable: {err}")
+
+
+@pytest.mark.slow
+def test_smollm2_at_2k_keeps_next_token_nll(smollm2):
+    from rrattention import assets
+
+    tokenizer, model = smollm2
+    text = assets.corpus("shakespeare")
+    ids = tokenizer(text[200_000:230_000], return_tensors="pt").input_ids[:, :2048]
+    assert ids.shape == (1, 2048)
+    model.set_attn_implementation("sdpa")
+    nll = lambda logits: torch.nn.functional.cross_entropy(logits[0, -513:-1], ids[0, -512:]).item()  # noqa: E731
+    dense = nll(_logits(model, ids))
+    rr.hf.configure(model, rr.RRConfig(tau=0.95, min_sparse_len=0))
+    with rr.hf.collect_stats(model) as stats:
+        sparse = nll(_logits(model, ids))
+    assert 2.0 < dense < 5.0  # CPU, fp32
+    assert abs(sparse - dense) < 0.05
+    assert 0.1 < stats.sparsity() < 0.8
+    assert len(stats.records) == 30
