@@ -30,10 +30,12 @@ def test_readme_transformers_examples_run(tmp_path):
     hf_block, assets_block = (b for b in _blocks() if "rr.hf" in b or "assets" in b)
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
     namespace = {"path": str(tmp_path), "inputs": {"input_ids": torch.randint(0, 64, (1, 40))}}
     exec(compile(hf_block, "README.md", "exec"), namespace)
-    assert namespace["out"].shape == (1, 72) and len(namespace["stats"].records) == 2 * 32
+    new_tokens = namespace["out"].shape[1] - 40  # generation may stop early at an end-of-sequence token
+    assert 1 <= new_tokens <= 32 and len(namespace["stats"].records) == 2 * new_tokens  # 2 layers per step
     try:
         assets.smollm2_gguf()
     except assets.AssetUnavailable as err:

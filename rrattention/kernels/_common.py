@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
+import triton
+import triton.language as tl
 
 # (kernel, head_dim) -> launch parameters, chosen on an H100 by tools/bench_kernels.py.
 # Under the CPU interpreter the values only set tile shapes; smaller tiles run faster there.
@@ -20,10 +20,6 @@ _CONFIGS = {
         256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1),
     },
 }
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def next_pow2(x: int) -> int:
@@ -54,3 +50,20 @@ def launch_config(kernel: str, *, head_dim: int, block_size: int, dtype: torch.d
     if override:
         cfg.update(override)
     return cfg
+
+
+@triton.jit
+def sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN: tl.constexpr):
+    """``(q_start, q_len, k_start, k_len)`` of sequence ``seq``: from ``cu_seqlens`` in the packed
+    layout, else the fixed lengths of the padded batch (whose rows start at 0)."""
+    if VARLEN:
+        q_start = tl.load(CuSeqQ + seq)
+        q_len = tl.load(CuSeqQ + seq + 1) - q_start
+        k_start = tl.load(CuSeqK + seq)
+        k_len = tl.load(CuSeqK + seq + 1) - k_start
+    else:
+        q_start = 0
+        q_len = q_len_fixed
+        k_start = 0
+        k_len = k_len_fixed
+    return q_start, q_len, k_start, k_len

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, launch_config, next_pow2
+from ._common import dot_precision, launch_config, next_pow2, sequence_bounds
 
 
 @triton.jit
@@ -61,16 +61,7 @@ def _attention_fwd_kernel(
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.program_id(2)
-    if VARLEN:
-        q_start = tl.load(CuSeqQ + seq)
-        q_len = tl.load(CuSeqQ + seq + 1) - q_start
-        k_start = tl.load(CuSeqK + seq)
-        k_len = tl.load(CuSeqK + seq + 1) - k_start
-    else:
-        q_start = 0
-        q_len = q_len_fixed
-        k_start = 0
-        k_len = k_len_fixed
+    q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
     if tile * BLOCK_M >= q_len:
         return
     delta = k_len - q_len

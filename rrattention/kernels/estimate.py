@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, launch_config, next_pow2
+from ._common import dot_precision, launch_config, next_pow2, sequence_bounds
 
 POLICIES = {"round_robin": 0, "fixed": 1, "random": 2, "group_round_robin": 3}
 
@@ -91,13 +91,22 @@ def _stride_means_kernel(
 
 
 @triton.jit
-def _stride_logits(q, hi_ptrs, mid_ptrs, lo_ptrs, load_mask, SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``q · K̄ᵀ`` for one tile of key strides, in fp32."""
-    z = tl.dot(q, tl.trans(tl.load(hi_ptrs, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag, n_unmasked,
+                 qk_scale, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Scaled (base-2) logits ``q · K̄ᵀ`` of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
+    load_mask = (offs_n < n_key_strides)[:, None] & d_ok[None, :]
+    z = tl.dot(q, tl.trans(tl.load(Hi + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
     if SPLITS >= 2:
-        z += tl.dot(q, tl.trans(tl.load(mid_ptrs, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+        z += tl.dot(q, tl.trans(tl.load(Mid + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
     if SPLITS == 3:
-        z += tl.dot(q, tl.trans(tl.load(lo_ptrs, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+        z += tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+    z = z * qk_scale
+    if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
+        if EXACT:
+            z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
+        z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
     return z
 
 
@@ -117,16 +126,7 @@ def _estimate_kernel(
     ROWS: tl.constexpr = GROUP_PAD * BLOCK_M
     seq = tl.program_id(2)
     kv_head = tl.program_id(1)
-    if VARLEN:
-        q_start = tl.load(CuSeqQ + seq)
-        q_len = tl.load(CuSeqQ + seq + 1) - q_start
-        k_start = tl.load(CuSeqK + seq)
-        k_len = tl.load(CuSeqK + seq + 1) - k_start
-    else:
-        q_start = 0
-        q_len = q_len_fixed
-        k_start = 0
-        k_len = k_len_fixed
+    q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
     m0 = tl.program_id(0) * BLOCK_M
     if m0 * STRIDE >= q_len:
         return
@@ -146,10 +146,10 @@ def _estimate_kernel(
                 + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
+    z_diag = tl.zeros([ROWS], tl.float32)
     if EXACT:
         # Diagonal stride restricted to keys ≤ t + δ (the others count as zero, divisor stays S).
         visible_keys = (t + delta) % STRIDE + 1
-        z_diag = tl.zeros([ROWS], tl.float32)
         k_base = K + seq * stride_kb + kv_head * stride_kh
         for j in tl.static_range(STRIDE):
             kj = tl.load(k_base + (k_start + last_stride * STRIDE + j).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
@@ -161,20 +161,14 @@ def _estimate_kernel(
     n_end = tl.max(last_stride) + 1
 
     # Stage 2, pass 1: row max and sum of the softmax over visible key strides (base 2). Tiles
-    # wholly visible to every valid row need no causal mask; rows that are not valid get weight 0.
-    # (strictly before every row's diagonal stride, which exact_stride_causal rewrites).
+    # strictly before every valid row's diagonal stride need no causal mask (nor the rewrite of
+    # exact_stride_causal); rows that are not valid get weight 0 below.
     n_unmasked = tl.min(tl.where(row_ok, last_stride, 2147483647)) // BLOCK_N * BLOCK_N
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     for n0 in range(0, n_end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
-        z = _stride_logits(q, Hi + ptr, Mid + ptr, Lo + ptr, (offs_n < n_key_strides)[:, None] & d_ok[None, :],
-                           SPLITS, DOT_PRECISION) * qk_scale
-        if n0 >= n_unmasked:
-            if EXACT:
-                z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
-            z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
+        z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag, n_unmasked,
+                         qk_scale, BLOCK_N, SPLITS, EXACT, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(z - m_safe[:, None]), 1)
@@ -189,15 +183,9 @@ def _estimate_kernel(
     out_rows = (g3 < GROUP) & (qb3 < tl.cdiv(q_len, R * STRIDE))
     s_base = Scores + seq * stride_sb + (kv_head * GROUP + g3).to(tl.int64) * stride_sh + qb3.to(tl.int64) * stride_si
     for n0 in range(0, n_key_blocks * R, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
         if n0 < n_end:
-            ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
-            z = _stride_logits(q, Hi + ptr, Mid + ptr, Lo + ptr, (offs_n < n_key_strides)[:, None] & d_ok[None, :],
-                               SPLITS, DOT_PRECISION) * qk_scale
-            if n0 >= n_unmasked:
-                if EXACT:
-                    z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
-                z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
+            z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
+                             n_unmasked, qk_scale, BLOCK_N, SPLITS, EXACT, DOT_PRECISION)
             p = tl.exp2(z - m_safe[:, None]) * inv_l[:, None]
             blocks = tl.sum(tl.sum(tl.reshape(p, [GROUP_PAD, BLOCK_M // R, R, BLOCK_N // R, R]), axis=4), axis=2)
         else:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2
+from ._common import next_pow2, sequence_bounds
 
 
 @triton.jit
@@ -30,12 +30,7 @@ def _select_kernel(
     i = tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.program_id(2)
-    if VARLEN:
-        q_len = tl.load(CuSeqQ + seq + 1) - tl.load(CuSeqQ + seq)
-        k_len = tl.load(CuSeqK + seq + 1) - tl.load(CuSeqK + seq)
-    else:
-        q_len = q_len_fixed
-        k_len = k_len_fixed
+    _, q_len, _, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
     n_qblocks = tl.cdiv(q_len, BLOCK_SIZE)
     n_kblocks = tl.cdiv(k_len, BLOCK_SIZE)
     j = tl.arange(0, BLOCK_K)
