@@ -3,7 +3,7 @@
 The normative definition is ``spec.md``; :mod:`rrattention.reference` implements it stage by stage.
 """
 
-from . import backends, reference
+from . import backends, methods, reference
 from .api import block_sparse_attention, estimate_block_scores, rr_attention, select_blocks, to_kv_index
 from .config import HEAD_SHIFTS, SELECTORS, RRConfig
 from .pipeline import dense_reason
@@ -29,6 +29,7 @@ __all__ = [
     "__version__",
     "backends",
     "block_sparse_attention",
+    "methods",
     "dense_reason",
     "estimate_block_scores",
     "reference",

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .config import RRConfig
+from .config import AttentionConfig, RRConfig
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -79,11 +79,15 @@ def check_qkv(q: Any, k: Any, v: Any = None, *, packed: bool = False) -> Attenti
     return AttentionShape(batch, q_heads, kv_heads, q_len, k_len, dim)
 
 
-def check_config(cfg: Any) -> RRConfig:
+def check_config(cfg: Any, *, any_method: bool = False) -> AttentionConfig:
+    """``cfg``, default ``RRConfig()``; with ``any_method`` the config of any registered method."""
     if cfg is None:
         return RRConfig()
+    if any_method and isinstance(cfg, AttentionConfig):
+        return cfg
     if not isinstance(cfg, RRConfig):
-        raise TypeError(f"cfg must be an rrattention.RRConfig, got {type(cfg).__name__}")
+        expected = "an rrattention.RRConfig or another method's config (rrattention.methods)" if any_method else "an rrattention.RRConfig"
+        raise TypeError(f"cfg must be {expected}, got {type(cfg).__name__}")
     return cfg
 
 

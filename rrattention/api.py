@@ -16,7 +16,7 @@ from ._checks import (
     check_qkv,
     check_scale,
 )
-from .config import RRConfig
+from .config import AttentionConfig, RRConfig
 from .pipeline import Selection, attend, estimate, problem, resolve, run_attention, select
 from .stats import RRStats
 
@@ -155,7 +155,7 @@ def rr_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cfg: RRConfig | None = None,
+    cfg: AttentionConfig | None = None,
     *,
     scale: float | None = None,
     layer: int | None = None,
@@ -173,7 +173,9 @@ def rr_attention(
         q: ``[B, Hq, Lq, D]``, fp16/bf16/fp32.
         k, v: ``[B, Hkv, Lk, D]``, same dtype and device, ``Hq % Hkv == 0``, ``Lq ≤ Lk``
             (``Lq < Lk`` is chunked prefill: queries are the last ``Lq`` positions).
-        cfg: settings, default ``RRConfig()``.
+        cfg: settings, default ``RRConfig()``; the config of another method of
+            :mod:`rrattention.methods` (e.g. ``XAttentionConfig()``) runs that method's estimator
+            with the same policies and attention kernel.
         scale: softmax scale for estimation and attention, default ``1/√D``.
         layer: layer index: applies ``cfg.layer_overrides`` and ``cfg.dense_layers``, seeds
             ``head_shift="random"``.
@@ -187,7 +189,7 @@ def rr_attention(
         ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)``.
     """
     shape = check_qkv(q, k, v)
-    cfg, layer = resolve(cfg, layer)
+    cfg, layer = resolve(cfg, layer, any_method=True)
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)

@@ -11,7 +11,7 @@ import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 HEAD_SHIFTS = ("round_robin", "fixed", "random", "group_round_robin")
 SELECTORS = ("top_tau", "forced_first")
@@ -40,6 +40,15 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _check_fraction(name: str, value: Any) -> float:
+    """A float in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in (0, 1], got {type(value).__name__} {value!r}")
+    if not (0.0 < float(value) <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
 def _layer_index(name: str, key: Any) -> int:
     # JSON turns integer keys into strings; accept those back.
     if isinstance(key, str) and key.strip().isdigit():
@@ -47,8 +56,101 @@ def _layer_index(name: str, key: Any) -> int:
     return _check_int(name, key, minimum=0)
 
 
+class AttentionConfig:
+    """Shared behaviour of the frozen, validated settings dataclasses of every method.
+
+    A concrete config declares ``method`` (its registry name) and the fields ``block_size``,
+    ``min_sparse_len``, ``dense_layers`` and ``layer_overrides``; its ``__post_init__`` checks its
+    own fields, then calls :meth:`_validate_common`.
+    """
+
+    method: ClassVar[str]
+
+    def _validate_common(self) -> None:
+        set_ = object.__setattr__.__get__(self)
+        set_("block_size", _check_int("block_size", self.block_size, minimum=1))
+        set_("min_sparse_len", _check_int("min_sparse_len", self.min_sparse_len, minimum=0))
+        if hasattr(self, "seed"):
+            set_("seed", _check_int("seed", self.seed, minimum=0))
+        if isinstance(self.dense_layers, (str, bytes)) or not hasattr(self.dense_layers, "__iter__"):
+            raise TypeError(f"dense_layers must be a sequence of layer indices, got {self.dense_layers!r}")
+        layers = {_check_int(f"dense_layers[{i}]", x, minimum=0) for i, x in enumerate(self.dense_layers)}
+        set_("dense_layers", tuple(sorted(layers)))
+        set_("layer_overrides", self._validated_overrides(self.layer_overrides))
+
+    def _validated_overrides(self, overrides: Any) -> Mapping[int, Mapping[str, Any]]:
+        if not isinstance(overrides, Mapping):
+            raise TypeError(f"layer_overrides must be a mapping {{layer: {{field: value}}}}, got {overrides!r}")
+        names = {f.name for f in dataclasses.fields(self)}
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _MODEL_WIDE_FIELDS}
+        resolved = {}
+        for key, update in overrides.items():
+            layer = _layer_index(f"layer_overrides key {key!r}", key)
+            where = f"layer_overrides[{layer}]"
+            if not isinstance(update, Mapping):
+                raise TypeError(f"{where} must be a mapping {{field: value}}, got {update!r}")
+            for name in update:
+                if name in _MODEL_WIDE_FIELDS:
+                    raise ValueError(f"{where} may not set {name!r}: it applies to the whole model")
+                if name not in names:
+                    raise ValueError(f"{where} sets unknown field {name!r}; expected one of {sorted(base)}")
+            try:
+                type(self)(**{**base, **update})
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{where}: {err}") from None
+            resolved[layer] = MappingProxyType(dict(update))
+        return MappingProxyType(dict(sorted(resolved.items())))
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, json.dumps(self.to_dict(), sort_keys=True)))
+
+    def for_layer(self, layer: int):
+        """The configuration layer ``layer`` runs with: its overrides applied, none left pending.
+
+        ``dense_layers`` (and ``seed``) are kept, so the result still answers :meth:`is_dense_layer`.
+        """
+        layer = _check_int("layer", layer, minimum=0)
+        update = dict(self.layer_overrides.get(layer, {}))
+        return dataclasses.replace(self, layer_overrides={}, **update)
+
+    def is_dense_layer(self, layer: int | None) -> bool:
+        return layer is not None and layer in self.dense_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-serialisable dict; ``type(cfg).from_dict(cfg.to_dict()) == cfg``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["dense_layers"] = list(self.dense_layers)
+        out["layer_overrides"] = {int(k): dict(v) for k, v in self.layer_overrides.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{cls.__name__}.from_dict expects a mapping, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; expected a subset of {names}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, key: str | None = None):
+        """Load from a YAML file holding the fields (or holding them under ``key``)."""
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+        if key is not None:
+            if not isinstance(data, Mapping) or key not in data:
+                raise ValueError(f"{path}: no top-level key {key!r}")
+            data = data[key]
+        if data is None:
+            data = {}
+        return cls.from_dict(data)
+
+
 @dataclass(frozen=True)
-class RRConfig:
+class RRConfig(AttentionConfig):
     """Settings of RRAttention (spec.md §1–§6).
 
     Args:
@@ -86,6 +188,9 @@ class RRConfig:
     seed: int = 0
     layer_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
+    method: ClassVar[str] = "rrattention"
+    __hash__ = AttentionConfig.__hash__
+
     def __post_init__(self) -> None:
         set_ = object.__setattr__.__get__(self)
         set_("stride", _check_int("stride", self.stride, minimum=1))
@@ -95,95 +200,14 @@ class RRConfig:
                 f"block_size must be a multiple of stride (block_size % stride == 0), "
                 f"got block_size={self.block_size}, stride={self.stride}"
             )
-        tau = self.tau
-        if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
-            raise TypeError(f"tau must be a float in (0, 1], got {type(tau).__name__} {tau!r}")
-        if not (0.0 < float(tau) <= 1.0):  # also rejects NaN
-            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-        set_("tau", float(tau))
+        set_("tau", _check_fraction("tau", self.tau))
         _check_choice("head_shift", self.head_shift, HEAD_SHIFTS)
         _check_choice("selector", self.selector, SELECTORS)
         for name in ("force_sink", "force_diagonal", "dense_last_query_block", "exact_stride_causal"):
             _check_bool(name, getattr(self, name))
-        set_("min_sparse_len", _check_int("min_sparse_len", self.min_sparse_len, minimum=0))
-        set_("seed", _check_int("seed", self.seed, minimum=0))
-        if isinstance(self.dense_layers, (str, bytes)) or not hasattr(self.dense_layers, "__iter__"):
-            raise TypeError(f"dense_layers must be a sequence of layer indices, got {self.dense_layers!r}")
-        layers = {_check_int(f"dense_layers[{i}]", x, minimum=0) for i, x in enumerate(self.dense_layers)}
-        set_("dense_layers", tuple(sorted(layers)))
-        set_("layer_overrides", self._validated_overrides(self.layer_overrides))
-
-    def _validated_overrides(self, overrides: Any) -> Mapping[int, Mapping[str, Any]]:
-        if not isinstance(overrides, Mapping):
-            raise TypeError(f"layer_overrides must be a mapping {{layer: {{field: value}}}}, got {overrides!r}")
-        names = {f.name for f in dataclasses.fields(self)}
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _MODEL_WIDE_FIELDS}
-        resolved = {}
-        for key, update in overrides.items():
-            layer = _layer_index(f"layer_overrides key {key!r}", key)
-            where = f"layer_overrides[{layer}]"
-            if not isinstance(update, Mapping):
-                raise TypeError(f"{where} must be a mapping {{field: value}}, got {update!r}")
-            for name in update:
-                if name in _MODEL_WIDE_FIELDS:
-                    raise ValueError(f"{where} may not set {name!r}: it applies to the whole model")
-                if name not in names:
-                    raise ValueError(f"{where} sets unknown field {name!r}; expected one of {sorted(base)}")
-            try:
-                RRConfig(**{**base, **update})
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"{where}: {err}") from None
-            resolved[layer] = MappingProxyType(dict(update))
-        return MappingProxyType(dict(sorted(resolved.items())))
-
-    def __hash__(self) -> int:
-        return hash(json.dumps(self.to_dict(), sort_keys=True))
-
-    def for_layer(self, layer: int) -> "RRConfig":
-        """The configuration layer ``layer`` runs with: its overrides applied, none left pending.
-
-        ``dense_layers`` and ``seed`` are kept, so the result still answers :meth:`is_dense_layer`.
-        """
-        layer = _check_int("layer", layer, minimum=0)
-        update = dict(self.layer_overrides.get(layer, {}))
-        return dataclasses.replace(self, layer_overrides={}, **update)
-
-    def is_dense_layer(self, layer: int | None) -> bool:
-        return layer is not None and layer in self.dense_layers
+        self._validate_common()
 
     @property
     def strides_per_block(self) -> int:
         """``R = Bk / S``."""
         return self.block_size // self.stride
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON/YAML-serialisable dict; ``RRConfig.from_dict(cfg.to_dict()) == cfg``."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["dense_layers"] = list(self.dense_layers)
-        out["layer_overrides"] = {int(k): dict(v) for k, v in self.layer_overrides.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RRConfig":
-        if not isinstance(data, Mapping):
-            raise TypeError(f"RRConfig.from_dict expects a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown RRConfig field(s) {unknown}; expected a subset of {names}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, key: str | None = None) -> "RRConfig":
-        """Load from a YAML file holding the fields (or holding them under ``key``)."""
-        import yaml
-
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-        if key is not None:
-            if not isinstance(data, Mapping) or key not in data:
-                raise ValueError(f"{path}: no top-level key {key!r}")
-            data = data[key]
-        if data is None:
-            data = {}
-        return cls.from_dict(data)

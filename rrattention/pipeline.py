@@ -12,7 +12,7 @@ import torch
 
 from . import backends, reference
 from ._checks import AttentionShape, check_config, check_layer
-from .config import RRConfig
+from .config import AttentionConfig, RRConfig
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,10 @@ class Run:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def dense_reason(cfg: RRConfig, layer: int | None, q_len: int, k_len: int) -> str | None:
+def dense_reason(cfg: AttentionConfig, layer: int | None, q_len: int, k_len: int) -> str | None:
     """Why a call must run dense attention under the policies of spec §6, or None if it runs sparse."""
+    if cfg.method == "full":
+        return "method 'full' is dense"
     if cfg.is_dense_layer(layer):
         return f"layer {layer} is in dense_layers"
     if q_len == 1:
@@ -82,17 +84,17 @@ def dense_reason(cfg: RRConfig, layer: int | None, q_len: int, k_len: int) -> st
     return None
 
 
-def resolve(cfg: Any, layer: Any) -> tuple[RRConfig, int | None]:
-    cfg, layer = check_config(cfg), check_layer(layer)
+def resolve(cfg: Any, layer: Any, *, any_method: bool = False) -> tuple[AttentionConfig, int | None]:
+    cfg, layer = check_config(cfg, any_method=any_method), check_layer(layer)
     # Runs on every attention call: only build a new config when this layer has overrides.
     # (for_layer keeps dense_layers, so dense_reason still sees them.)
     return (cfg.for_layer(layer) if layer in cfg.layer_overrides else cfg), layer
 
 
-def problem(q: torch.Tensor, shape: AttentionShape, cfg: RRConfig, varlen: bool = False) -> backends.Problem:
+def problem(q: torch.Tensor, shape: AttentionShape, cfg: AttentionConfig, varlen: bool = False) -> backends.Problem:
     return backends.Problem(
         device=q.device, block_size=cfg.block_size, dtype=q.dtype, head_dim=shape.head_dim,
-        stride=cfg.stride, group=shape.q_heads // shape.kv_heads, varlen=varlen,
+        stride=getattr(cfg, "stride", None), group=shape.q_heads // shape.kv_heads, varlen=varlen,
     )
 
 
@@ -136,7 +138,7 @@ def attend(backend: str, q, k, v, selection: Selection, block_size: int, scale: 
     return reference.block_sparse_attention(q, k, v, selection.block_mask, block_size=block_size, scale=scale)
 
 
-def run_attention(q, k, v, cfg: RRConfig, layer: int | None, scale: float, shape: AttentionShape,
+def run_attention(q, k, v, cfg: AttentionConfig, layer: int | None, scale: float, shape: AttentionShape,
                   backend: str | None = None, time_stages: bool = False) -> Run:
     """Padded batch through the policies of §6 and the chosen backends."""
     if backend is not None:
@@ -148,6 +150,15 @@ def run_attention(q, k, v, cfg: RRConfig, layer: int | None, scale: float, shape
             out = reference.dense_causal_attention(q, k, v, scale=scale)
         return Run(out, None, reason, {"attention": "sdpa"}, timer.milliseconds() if timer else {})
     prob = problem(q, shape, cfg)
+    if not isinstance(cfg, RRConfig):  # a baseline method: its own estimator, the shared kernel
+        from . import methods
+
+        with _stage(timer, "estimate"):
+            selection = Selection(methods.for_config(cfg).estimate(q, k, cfg, layer, scale=scale, backend=backend))
+        used = {"method": cfg.method, "attention": backends.choose("attention", prob, backend)}
+        with _stage(timer, "attention"):
+            out, _ = attend(used["attention"], q, k, v, selection, cfg.block_size, scale)
+        return Run(out, selection.block_mask, None, used, timer.milliseconds() if timer else {})
     used = {stage: backends.choose(stage, prob, backend) for stage in backends.STAGES}
     with _stage(timer, "estimate"):
         scores = estimate(used["estimate"], q, k, cfg, layer, scale, shape)

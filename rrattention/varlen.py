@@ -8,7 +8,7 @@ import torch
 
 from . import backends, reference
 from ._checks import check_finite, check_length, check_qkv, check_scale
-from .config import RRConfig
+from .config import AttentionConfig, RRConfig
 from .pipeline import dense_reason, problem, resolve, run_attention, run_attention_packed
 from .stats import RRStats
 
@@ -59,7 +59,7 @@ def rr_attention_varlen(
     cu_seqlens_k: torch.Tensor,
     max_seqlen_q: int,
     max_seqlen_k: int,
-    cfg: RRConfig | None = None,
+    cfg: AttentionConfig | None = None,
     *,
     scale: float | None = None,
     layer: int | None = None,
@@ -98,7 +98,7 @@ def rr_attention_varlen(
             f"got {cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}"
         )
     max_seqlen_q, max_seqlen_k = check_length("max_seqlen_q", max_seqlen_q), check_length("max_seqlen_k", max_seqlen_k)
-    cfg, layer = resolve(cfg, layer)
+    cfg, layer = resolve(cfg, layer, any_method=True)
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
@@ -106,7 +106,7 @@ def rr_attention_varlen(
     if backend is not None:
         backends.get(backend)
     prob = problem(q, shape, cfg, varlen=True)
-    fused = backend in (None, "triton") and all(
+    fused = isinstance(cfg, RRConfig) and backend in (None, "triton") and all(
         not backends.get("triton").not_supported_reasons(stage, prob) for stage in backends.STAGES
     )
     if fused:

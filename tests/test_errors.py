@@ -42,7 +42,7 @@ def test_bad_qkv(case, args, error, message):
 
 def test_bad_config_scale_and_layer():
     q, k, v = _qkv()
-    with pytest.raises(TypeError, match="cfg must be an rrattention.RRConfig, got dict"):
+    with pytest.raises(TypeError, match="cfg must be an rrattention.RRConfig or another method.s config .rrattention.methods., got dict"):
         rr.rr_attention(q, k, v, {"tau": 0.9})
     for scale in (0.0, -1.0, float("nan"), float("inf"), "0.1", True):
         with pytest.raises(ValueError, match=r"scale must be a finite float > 0"):

@@ -140,7 +140,7 @@ def test_per_layer_config_and_timing():
 def test_configure_errors():
     with pytest.raises(ValueError, match="has no attention module with `layer_idx`"):
         rr.hf.configure(torch.nn.Linear(2, 2))
-    with pytest.raises(TypeError, match="cfg must be an rrattention.RRConfig"):
+    with pytest.raises(TypeError, match="cfg must be an rrattention.RRConfig or another method"):
         rr.hf.configure(_tiny("llama"), {"tau": 0.9})
     with pytest.raises(ValueError, match="backend must be one of"):
         rr.hf.configure(_tiny("llama"), backend="fast")

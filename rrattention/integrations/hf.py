@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import RRConfig
+from ..config import AttentionConfig, RRConfig
 from ..stats import RRStats
 
 ATTN_IMPLEMENTATION = "rrattention"
@@ -88,7 +88,7 @@ class StatsCollector:
 
 @dataclass
 class _ModelState:
-    cfg: RRConfig
+    cfg: AttentionConfig
     backend: str | None = None
     collector: StatsCollector | None = None
 
@@ -98,14 +98,24 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
 
 
-def configure(model: torch.nn.Module, cfg: RRConfig | None = None, *, backend: str | None = None) -> torch.nn.Module:
-    """Attach ``cfg`` (per-layer overrides and ``dense_layers`` included) to a loaded model and
-    switch its attention to ``"rrattention"``. Calling it again replaces the configuration in
-    place; ``model.set_attn_implementation("sdpa")`` switches back. Returns the model."""
+def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, method: str | None = None,
+              backend: str | None = None, **settings) -> torch.nn.Module:
+    """Attach a method's settings to a loaded model and switch its attention to ``"rrattention"``.
+
+    ``cfg`` is an :class:`~rrattention.RRConfig` or another method's config; or name the method
+    and give its settings: ``configure(model, method="xattention", tau=0.9)`` (default method
+    ``rrattention``). Per-layer overrides and ``dense_layers`` come with the config. Calling it
+    again replaces the settings in place (no reload); ``model.set_attn_implementation("sdpa")``
+    switches back. Returns the model.
+    """
+    from .. import methods
+
+    if cfg is not None and (method is not None or settings):
+        raise ValueError("pass either cfg or method=/settings, not both")
     if cfg is None:
-        cfg = RRConfig()
-    if not isinstance(cfg, RRConfig):
-        raise TypeError(f"cfg must be an rrattention.RRConfig, got {type(cfg).__name__}")
+        cfg = methods.make_config(method or "rrattention", settings)
+    if not isinstance(cfg, AttentionConfig):
+        raise TypeError(f"cfg must be an rrattention.RRConfig or another method's config, got {type(cfg).__name__}")
     if backend is not None:
         from .. import backends
 
