@@ -159,7 +159,7 @@ def run_attention(q, k, v, cfg: AttentionConfig, layer: int | None, scale: float
         with _stage(timer, "attention"):
             out, _ = attend(used["attention"], q, k, v, selection, cfg.block_size, scale)
         return Run(out, selection.block_mask, None, used, timer.milliseconds() if timer else {})
-    used = {stage: backends.choose(stage, prob, backend) for stage in backends.STAGES}
+    used = {"method": cfg.method, **{stage: backends.choose(stage, prob, backend) for stage in backends.STAGES}}
     with _stage(timer, "estimate"):
         scores = estimate(used["estimate"], q, k, cfg, layer, scale, shape)
     with _stage(timer, "select"):
@@ -200,4 +200,5 @@ def run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
         out, _ = block_sparse_attention(
             q, k, v, kv_count, kv_index, block_size=cfg.block_size, scale=scale, max_seqlen_q=max_seqlen_q, **varlen,
         )
-    return Run(out, block_mask, None, dict.fromkeys(backends.STAGES, "triton"), timer.milliseconds() if timer else {})
+    return Run(out, block_mask, None, {"method": cfg.method, **dict.fromkeys(backends.STAGES, "triton")},
+               timer.milliseconds() if timer else {})

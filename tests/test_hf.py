@@ -137,6 +137,20 @@ def test_per_layer_config_and_timing():
     assert stats.layer_sparsity() == {0: 0.0, 1: 0.0}
 
 
+def test_methods_by_name():
+    model = _tiny("qwen2")
+    ids = torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(8))
+    for method, settings in (("xattention", dict(tau=0.8, stride=4, block_size=32)), ("a_shape", dict(block_size=32)),
+                             ("full", {})):
+        rr.hf.configure(model, method=method, min_sparse_len=0, **settings)
+        with rr.hf.collect_stats(model) as stats:
+            _logits(model, ids)
+        assert stats.records[0].backends.get("method", "sdpa") in (method, "sdpa")
+        assert (stats.sparsity() > 0) == (method != "full")
+    with pytest.raises(ValueError, match="pass either cfg or method=/settings, not both"):
+        rr.hf.configure(model, SPARSE, tau=0.5)
+
+
 def test_configure_errors():
     with pytest.raises(ValueError, match="has no attention module with `layer_idx`"):
         rr.hf.configure(torch.nn.Linear(2, 2))

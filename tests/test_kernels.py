@@ -136,4 +136,17 @@ def test_dispatch_reports_why_backends_decline():
     with pytest.raises(ValueError, match="backend must be one of 'triton', 'flex', 'reference', got 'cuda'"):
         rr.rr_attention(q, k, v, backend="cuda")
     _, stats = rr.rr_attention(q, k, v, rr.RRConfig(block_size=64, min_sparse_len=0), return_stats=True, backend="reference")
-    assert stats.backends == {"estimate": "reference", "select": "reference", "attention": "reference"}
+    assert stats.backends == {"method": "rrattention", "estimate": "reference", "select": "reference", "attention": "reference"}
+
+
+@pytest.mark.parametrize("batch, hq, hkv, lq, lk, dim, stride, block", [(1, 2, 1, 200, 330, 64, 8, 64), (2, 4, 2, 129, 129, 32, 4, 128)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_xattention_estimator_matches_its_reference(batch, hq, hkv, lq, lk, dim, stride, block, dtype):
+    from rrattention.methods.xattention import antidiagonal_block_scores
+
+    q, k, _ = make_qkv(batch, hq, hkv, lq, lk, dim, dtype=dtype, device=DEVICE, seed=lk)
+    want = antidiagonal_block_scores(q, k, stride=stride, block_size=block)
+    got = estimate_kernel(q, k, stride=stride, block_size=block, head_shift="round_robin", scale=dim**-0.5,
+                          antidiagonal=True, out=torch.full_like(want, float("nan")), config=_estimate_config())
+    assert not bool(got.isnan().any())
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)

@@ -1,5 +1,5 @@
 """Kernel benchmark: dense SDPA (flash, cuDNN), FlexAttention and our block-sparse kernel at fixed
-densities, our estimator + selection, and an XAttention-style estimator, side by side.
+densities, our estimator + selection, and the estimators of the baseline methods, side by side.
 
     python tools/bench_kernels.py --out results/kernels/h100
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import platform
 import shlex
 import sys
@@ -27,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rrattention as rr  # noqa: E402
+from rrattention import methods  # noqa: E402
 from rrattention.kernels.block_sparse_attention import block_sparse_attention as sparse_kernel  # noqa: E402
 from rrattention.kernels.estimate import estimate_block_scores  # noqa: E402
 from rrattention.kernels.flex_attention import block_sparse_attention as flex_sparse  # noqa: E402
@@ -53,27 +53,6 @@ def random_mask(heads: int, length: int, block: int, density: float, seed: int) 
     p = ((density * rows_visible - rows_forced) / (rows_visible - rows_forced).clamp(min=1)).clamp(0, 1)
     keep = torch.rand(free.shape, generator=g, device="cuda") < p
     return ((free & keep) | forced)[None]
-
-
-def xattention_style_estimate(q, k, stride, block, chunk=16384):
-    """Antidiagonal stride scoring as XAttention does it (reshape + one GEMM per query chunk,
-    materialised logits, fp32 softmax over key strides, block sums); GQA by repeating K."""
-    b, hq, length, d = q.shape
-    k = k.repeat_interleave(hq // k.shape[1], 1)
-    n = length // stride
-    qa = q[:, :, : n * stride].reshape(b, hq, n, stride, d).flip(3).reshape(b, hq, n, stride * d)
-    ka = k[:, :, : n * stride].reshape(b, hq, n, stride * d)
-    r = block // stride
-    nb = n // r
-    out = torch.empty(b, hq, nb, nb, device=q.device, dtype=torch.float32)
-    rows_per_chunk = chunk // stride
-    for m0 in range(0, n, rows_per_chunk):
-        z = (qa[:, :, m0 : m0 + rows_per_chunk] @ ka.transpose(-1, -2)).float() / (math.sqrt(d) * stride)
-        rows = torch.arange(m0, m0 + z.shape[2], device=q.device)
-        z.masked_fill_(torch.arange(n, device=q.device)[None, :] > rows[:, None], float("-inf"))
-        p = torch.softmax(z, -1)
-        out[:, :, m0 // r : (m0 + z.shape[2]) // r] = p.view(b, hq, -1, r, nb, r).sum((3, 5))
-    return out
 
 
 def sweep(length, hq, hkv, d, block, stride) -> None:
@@ -178,7 +157,10 @@ def main() -> None:
                                                        selector="top_tau", force_sink=True, force_diagonal=True,
                                                        dense_last_query_block=True))
         row["estimate_select_vs_cudnn"] = row["estimate_select_ms"] / cudnn
-        row["xattn_style_estimate_ms"] = bench(lambda: xattention_style_estimate(q, k, stride, block))
+        for name in ("xattention", "flexprefill", "vertical_slash", "a_shape"):
+            settings = {"block_size": block, **({"stride": stride} if name == "xattention" else {})}
+            method, method_cfg = methods.get(name), methods.make_config(name, settings)
+            row[f"estimate_{name}_ms"] = bench(lambda: method.estimate(q, k, method_cfg))
         records.append(row)
         print({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in row.items()}, flush=True)
         torch.cuda.empty_cache()
@@ -202,7 +184,8 @@ def main() -> None:
         df.to_csv(args.out / "bench_kernels.csv", index=False)
         cols = ["L", "sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_d{x:g}_ms" for x in densities] + (
             [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + [
-            "estimate_select_ms", "estimate_select_vs_cudnn", "xattn_style_estimate_ms"]
+            "estimate_select_ms", "estimate_select_vs_cudnn", "estimate_xattention_ms", "estimate_flexprefill_ms",
+            "estimate_vertical_slash_ms"]
         (args.out / "bench_kernels.md").write_text(
             f"# Kernel benchmark\n\n{provenance}\n\n" + df[cols].to_markdown(index=False, floatfmt=".3f")
             + "\n\nPer-block throughput relative to cuDNN dense (1.0 = equal):\n\n"
@@ -216,7 +199,7 @@ def main() -> None:
 
         fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
         for c in ["sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_d{x:g}_ms" for x in densities] + (
-                [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + ["estimate_select_ms", "xattn_style_estimate_ms"]:
+                [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + ["estimate_select_ms", "estimate_xattention_ms", "estimate_flexprefill_ms"]:
             ax[0].plot(df["L"], df[c], marker="o", label=c.replace("_ms", ""), linestyle="--" if c.startswith("flex") else "-")
         ax[0].set(xscale="log", yscale="log", xlabel="tokens", ylabel="ms", title="time (median)")
         ax[0].legend(fontsize=7)

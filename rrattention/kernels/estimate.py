@@ -92,16 +92,30 @@ def _stride_means_kernel(
 
 @triton.jit
 def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag, n_unmasked,
-                 qk_scale, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Scaled (base-2) logits ``q · K̄ᵀ`` of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible."""
+                 qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d,
+                 BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr,
+                 ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Scaled (base-2) logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible:
+    ``q · K̄ᵀ`` (RR), or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention)."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
-    ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
-    load_mask = (offs_n < n_key_strides)[:, None] & d_ok[None, :]
-    z = tl.dot(q, tl.trans(tl.load(Hi + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
-    if SPLITS >= 2:
-        z += tl.dot(q, tl.trans(tl.load(Mid + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
-    if SPLITS == 3:
-        z += tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+    if ANTIDIAGONAL:
+        z = tl.zeros([t.shape[0], BLOCK_N], tl.float32)
+        for j in tl.static_range(STRIDE):
+            q_pos = t + STRIDE - 1 - j
+            qj = tl.load(q_rows + (q_start + q_pos).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
+                         mask=(row_ok & (q_pos < q_len))[:, None] & d_ok[None, :], other=0.0)
+            k_pos = offs_n * STRIDE + j
+            kj = tl.load(k_rows + (k_start + k_pos).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
+                         mask=(k_pos < k_len)[:, None] & d_ok[None, :], other=0.0)
+            z += tl.dot(qj, tl.trans(kj), input_precision=DOT_PRECISION)
+    else:
+        ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
+        load_mask = (offs_n < n_key_strides)[:, None] & d_ok[None, :]
+        z = tl.dot(q, tl.trans(tl.load(Hi + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+        if SPLITS >= 2:
+            z += tl.dot(q, tl.trans(tl.load(Mid + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+        if SPLITS == 3:
+            z += tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
     z = z * qk_scale
     if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
         if EXACT:
@@ -121,7 +135,7 @@ def _estimate_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
     R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     ROWS: tl.constexpr = GROUP_PAD * BLOCK_M
     seq = tl.program_id(2)
@@ -133,26 +147,33 @@ def _estimate_kernel(
     delta = k_len - q_len
     n_key_strides = tl.cdiv(k_len, STRIDE)
 
-    # Stage 1 (§2): row (g, m) is query head kv_head·G + g sampling token m·S + r_h.
+    # Stage 1 (§2): row (g, m) is query head kv_head·G + g sampling token m·S + r_h. (XAttention:
+    # row (g, m) is the whole query stride m, t its first token, visible up to its last query.)
     rows = tl.arange(0, ROWS)
     group_idx = rows // BLOCK_M
     head = kv_head * GROUP + group_idx
-    t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, seed, layer, POLICY, STRIDE, GROUP)
-    row_ok = (group_idx < GROUP) & (t < q_len)
-    last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + seq * stride_qb + head.to(tl.int64)[:, None] * stride_qh
-                + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q_rows = Q + seq * stride_qb + head.to(tl.int64)[:, None] * stride_qh
+    if ANTIDIAGONAL:
+        t = (m0 + rows % BLOCK_M) * STRIDE
+        row_ok = (group_idx < GROUP) & (t < q_len)
+        last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
+        q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
+    else:
+        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, seed, layer, POLICY, STRIDE, GROUP)
+        row_ok = (group_idx < GROUP) & (t < q_len)
+        last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
+        q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_rows = K + seq * stride_kb + kv_head * stride_kh
 
     z_diag = tl.zeros([ROWS], tl.float32)
     if EXACT:
         # Diagonal stride restricted to keys ≤ t + δ (the others count as zero, divisor stays S).
         visible_keys = (t + delta) % STRIDE + 1
-        k_base = K + seq * stride_kb + kv_head * stride_kh
         for j in tl.static_range(STRIDE):
-            kj = tl.load(k_base + (k_start + last_stride * STRIDE + j).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
+            kj = tl.load(k_rows + (k_start + last_stride * STRIDE + j).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
                          mask=(row_ok & (j < visible_keys))[:, None] & d_ok[None, :], other=0.0)
             z_diag += tl.sum(q.to(tl.float32) * kj.to(tl.float32), 1)
         z_diag = z_diag / STRIDE
@@ -168,7 +189,8 @@ def _estimate_kernel(
     l_i = tl.zeros([ROWS], tl.float32)
     for n0 in range(0, n_end, BLOCK_N):
         z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag, n_unmasked,
-                         qk_scale, BLOCK_N, SPLITS, EXACT, DOT_PRECISION)
+                         qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm, stride_kn,
+                         offs_d, BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(z - m_safe[:, None]), 1)
@@ -185,7 +207,8 @@ def _estimate_kernel(
     for n0 in range(0, n_key_blocks * R, BLOCK_N):
         if n0 < n_end:
             z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
-                             n_unmasked, qk_scale, BLOCK_N, SPLITS, EXACT, DOT_PRECISION)
+                             n_unmasked, qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm,
+                             stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL, DOT_PRECISION)
             p = tl.exp2(z - m_safe[:, None]) * inv_l[:, None]
             blocks = tl.sum(tl.sum(tl.reshape(p, [GROUP_PAD, BLOCK_M // R, R, BLOCK_N // R, R]), axis=4), axis=2)
         else:
@@ -215,6 +238,7 @@ def estimate_block_scores(
     max_seqlen_k: int | None = None,
     out: torch.Tensor | None = None,
     config: dict | None = None,
+    antidiagonal: bool = False,
 ) -> torch.Tensor:
     """Launch the estimator; arguments are assumed validated (see ``rrattention.api``).
 
@@ -222,6 +246,8 @@ def estimate_block_scores(
     Packed form (``cu_seqlens_q`` given): ``q`` ``[Tq, Hq, D]``, ``k`` ``[Tk, Hkv, D]`` → fp32
     ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
     ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages).
+    ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
+    ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``).
     """
     varlen = cu_seqlens_q is not None
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -246,16 +272,20 @@ def estimate_block_scores(
     block_n = max(per_block, cfg.pop("BLOCK_N"))
 
     n_strides = triton.cdiv(max_k, stride)
-    means_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
-    means = [torch.empty(num_seqs, kv_heads, n_strides, head_dim, dtype=means_dtype, device=q.device) for _ in range(splits)]
-    means += [means[0]] * (3 - splits)  # unused pointers
+    if antidiagonal:  # keys are read token by token: no stride means
+        means = [k.new_empty(1, 1, 1, 1)] * 3
+        scale = scale / stride
+    else:
+        means_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
+        means = [torch.empty(num_seqs, kv_heads, n_strides, head_dim, dtype=means_dtype, device=q.device) for _ in range(splits)]
+        means += [means[0]] * (3 - splits)  # unused pointers
+        block_s = 64
+        _stride_means_kernel[(triton.cdiv(n_strides, block_s), kv_heads, num_seqs)](
+            k, *means, cu_seqlens_k if varlen else means[0],
+            *k_strides, *means[0].stride()[:3], k_len_fixed, n_strides,
+            STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s, SPLITS=splits, VARLEN=varlen,
+        )
     dummy = means[0]
-    block_s = 64
-    _stride_means_kernel[(triton.cdiv(n_strides, block_s), kv_heads, num_seqs)](
-        k, *means, cu_seqlens_k if varlen else dummy,
-        *k_strides, *means[0].stride()[:3], k_len_fixed, n_strides,
-        STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s, SPLITS=splits, VARLEN=varlen,
-    )
     shape = (num_seqs, q_heads, triton.cdiv(max_q, block_size), triton.cdiv(max_k, block_size))
     if out is None:
         out = (torch.zeros if varlen else torch.empty)(shape, dtype=torch.float32, device=q.device)
@@ -266,6 +296,7 @@ def estimate_block_scores(
         q_len_fixed, k_len_fixed, scale * math.log2(math.e), seed, layer,
         GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, SPLITS=splits,
-        EXACT=exact_stride_causal, VARLEN=varlen, DOT_PRECISION=dot_precision(q.dtype), **cfg,
+        EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen, ANTIDIAGONAL=antidiagonal,
+        DOT_PRECISION=dot_precision(q.dtype), **cfg,
     )
     return out

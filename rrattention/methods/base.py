@@ -61,10 +61,12 @@ def diagonal_sums(attn: torch.Tensor) -> torch.Tensor:
     """``[B, H, n, Lk]`` attention of the last ``n`` queries → ``[B, H, Lk]``: the mass on each
     diagonal offset ``o = query position − key position`` (``o = 0`` is the main diagonal)."""
     batch, heads, n, k_len = attn.shape
-    offset = (torch.arange(k_len - n, k_len, device=attn.device)[:, None]
-              - torch.arange(k_len, device=attn.device)[None, :])  # [n, Lk], negative = future (zero mass)
-    index = offset.clamp(min=0).expand(batch, heads, n, k_len).reshape(batch, heads, -1)
-    return attn.new_zeros(batch, heads, k_len).scatter_add_(-1, index, attn.reshape(batch, heads, -1))
+    # Row r (query position Lk − n + r) meets offset o at key Lk − n + r − o, i.e. at index
+    # o + (n − 1 − r) of the reversed row: skew the reversed rows so that offsets line up in columns.
+    width = k_len + n
+    padded = torch.nn.functional.pad(attn.flip(-1), (0, n)).contiguous()
+    skewed = padded.as_strided((batch, heads, n, k_len), (heads * n * width, n * width, width - 1, 1), n - 1)
+    return skewed.sum(2)
 
 
 def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:

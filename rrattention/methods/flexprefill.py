@@ -25,7 +25,16 @@ import torch
 
 from ..config import AttentionConfig, _check_fraction, _check_int
 from ..reference import top_mass, visible_blocks
-from .base import Method, block_means, cover_count, diagonal_blocks, diagonal_sums, last_queries_attention, rank_mask, sink_and_diagonal
+from .base import (
+    Method,
+    block_means,
+    cover_count,
+    diagonal_blocks,
+    diagonal_sums,
+    last_queries_attention,
+    rank_mask,
+    sink_and_diagonal,
+)
 
 
 @dataclass(frozen=True)
