@@ -14,6 +14,11 @@ _CONFIGS = {
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
     },
+    "estimate_antidiagonal": {
+        64: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1),
+        128: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1),
+        256: dict(ROWS=32, BLOCK_N=32, num_warps=4, num_stages=1),
+    },
     "estimate": {
         64: dict(ROWS=256, BLOCK_N=64, num_warps=8, num_stages=2),
         128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1),
@@ -44,7 +49,7 @@ def launch_config(kernel: str, *, head_dim: int, block_size: int, dtype: torch.d
             cfg["BLOCK_N"] = min(cfg["BLOCK_N"], cap)
             cfg["num_stages"] = 1 if head_dim > 128 else min(cfg["num_stages"], 2)
     elif dtype == torch.float32:
-        cfg["ROWS"] = min(cfg["ROWS"], 64 if head_dim > 128 else 128)
+        cfg["ROWS"] = min(cfg["ROWS"], 32 if kernel == "estimate_antidiagonal" else 64 if head_dim > 128 else 128)
         cfg["BLOCK_N"] = min(cfg["BLOCK_N"], 32 if head_dim > 128 else 64)
         cfg["num_stages"] = 1
     if override:

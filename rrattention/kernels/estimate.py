@@ -100,7 +100,7 @@ def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, 
     offs_n = n0 + tl.arange(0, BLOCK_N)
     if ANTIDIAGONAL:
         z = tl.zeros([t.shape[0], BLOCK_N], tl.float32)
-        for j in tl.static_range(STRIDE):
+        for j in range(STRIDE):  # a loop, not unrolled: S live q/k tile pairs would not fit shared memory
             q_pos = t + STRIDE - 1 - j
             qj = tl.load(q_rows + (q_start + q_pos).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
                          mask=(row_ok & (q_pos < q_len))[:, None] & d_ok[None, :], other=0.0)
@@ -265,7 +265,8 @@ def estimate_block_scores(
         max_q, max_k = q_len_fixed, k_len_fixed
     group = q_heads // kv_heads
     per_block = block_size // stride
-    cfg = launch_config("estimate", head_dim=head_dim, block_size=block_size, dtype=q.dtype, override=config)
+    cfg = launch_config("estimate_antidiagonal" if antidiagonal else "estimate", head_dim=head_dim,
+                        block_size=block_size, dtype=q.dtype, override=config)
     splits = cfg.pop("SPLITS", _splits(q.dtype))
     group_pad = next_pow2(group)
     block_m = max(per_block, cfg.pop("ROWS") // group_pad)

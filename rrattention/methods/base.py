@@ -79,14 +79,14 @@ def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return padded.view(batch, heads, n_blocks, block_size, dim).sum(3) / counts[:, None].float()
 
 
-def rank_mask(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """bool, like ``scores``: the ``keep[...]`` highest entries of each row (ties: lower index first).
+def rank_mask(scores: torch.Tensor, keep: torch.Tensor | int) -> torch.Tensor:
+    """bool, like ``scores``: the ``keep`` highest entries of each row (ties: lower index first).
 
-    ``keep`` broadcasts against ``scores.shape[:-1]``; no host synchronisation.
+    ``keep`` is an int or a tensor broadcasting against ``scores.shape[:-1]``; no host synchronisation.
     """
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
-    return rank < keep[..., None]
+    return rank < (keep[..., None] if isinstance(keep, torch.Tensor) else keep)
 
 
 def cover_count(scores: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -62,9 +62,8 @@ def estimate(q: torch.Tensor, k: torch.Tensor, cfg: VerticalSlashConfig, layer=N
     attn = last_queries_attention(q, k, cfg.last_q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     vertical = attn.sum(2)  # [B, H, Lk]
     slash = diagonal_sums(attn)  # [B, H, Lk], by offset
-    budget = lambda n: torch.tensor(min(n, k_len), device=q.device)  # noqa: E731
-    kept_keys = rank_mask(vertical, budget(cfg.vertical_size))
-    kept_offsets = rank_mask(slash, budget(cfg.slash_size))
+    kept_keys = rank_mask(vertical, cfg.vertical_size)
+    kept_offsets = rank_mask(slash, cfg.slash_size)
     n_kblocks = -(-k_len // bk)
     key_blocks = torch.nn.functional.pad(kept_keys, (0, n_kblocks * bk - k_len)).view(*kept_keys.shape[:2], n_kblocks, bk).any(-1)
     mask = key_blocks[:, :, None, :] | slash_blocks(kept_offsets, q_len, k_len, bk)
