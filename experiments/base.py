@@ -1,0 +1,96 @@
+"""What a task is, and the model context every task evaluates with.
+
+A task makes deterministic samples (``make_samples(ctx, length, n, seed)``: JSON-serialisable
+dicts) and scores one sample under the context's current method (``evaluate(ctx, sample)`` →
+metrics). The context runs the model with the method being evaluated or with full attention; full
+attention results are cached per sample, so comparing several methods costs one dense pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+import rrattention as rr
+from rrattention.config import AttentionConfig
+
+
+class Task(Protocol):
+    name: str
+    primary_metric: str  # the column tables and plots show
+    higher_is_better: bool
+
+    def make_samples(self, ctx: "ModelContext", length: int, n: int, seed: int) -> list[dict]: ...
+
+    def evaluate(self, ctx: "ModelContext", sample: dict) -> dict[str, float]: ...
+
+
+@dataclass
+class ModelContext:
+    """A loaded model and tokenizer, switched between methods without reloading."""
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    text: Callable[[], str]  # the haystack corpus, loaded on first use
+    method_cfg: AttentionConfig | None = None
+    _full_cache: dict = field(default_factory=dict)
+    _corpus: str | None = None
+
+    @property
+    def corpus(self) -> str:
+        if self._corpus is None:
+            self._corpus = self.text()
+        return self._corpus
+
+    def use_method(self, cfg: AttentionConfig) -> None:
+        self.method_cfg = cfg
+        rr.hf.configure(self.model, cfg)
+
+    @contextlib.contextmanager
+    def full_attention(self):
+        self.model.set_attn_implementation("sdpa")
+        try:
+            yield
+        finally:
+            if self.method_cfg is not None:
+                rr.hf.configure(self.model, self.method_cfg)
+
+    def logits(self, ids: torch.Tensor, keep: int) -> tuple[torch.Tensor, float]:
+        """fp32 logits of the last ``keep`` positions under the current method, and its prefill
+        sparsity (spec §6: mean over layers)."""
+        with torch.no_grad(), rr.hf.collect_stats(self.model) as stats:
+            out = self.model(ids.to(self.device), logits_to_keep=keep).logits[0].float()
+        sparsity = stats.sparsity()
+        return out, 0.0 if sparsity != sparsity else sparsity  # NaN: no prefill call recorded
+
+    def full_logits(self, key, ids: torch.Tensor, keep: int) -> torch.Tensor:
+        """Logits under full attention, cached by ``key`` (one sample's identity)."""
+        if key not in self._full_cache:
+            self._full_cache.clear()  # samples are visited one at a time: keep only the current one
+            with self.full_attention(), torch.no_grad():
+                self._full_cache[key] = self.model(ids.to(self.device), logits_to_keep=keep).logits[0].float()
+        return self._full_cache[key]
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> tuple[str, float]:
+        """Greedy continuation (prefill under the method, decode dense) and the prefill sparsity."""
+        with torch.no_grad(), rr.hf.collect_stats(self.model) as stats:
+            out = self.model.generate(prompt_ids.to(self.device), max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.eos_token_id)
+        text = self.tokenizer.decode(out[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+        sparsity = stats.sparsity()
+        return text, 0.0 if sparsity != sparsity else sparsity
+
+
+def corpus_window(ctx: ModelContext, n_tokens: int, rng) -> list[int]:
+    """``n_tokens`` consecutive tokens of the corpus from a random character offset."""
+    text = ctx.corpus
+    chars = n_tokens * 8  # comfortably more characters than tokens
+    start = int(rng.integers(0, max(1, len(text) - chars)))
+    ids = ctx.tokenizer(text[start : start + chars], add_special_tokens=False).input_ids
+    if len(ids) < n_tokens:
+        raise ValueError(f"corpus window too short: {len(ids)} < {n_tokens} tokens")
+    return ids[:n_tokens]

@@ -1,0 +1,197 @@
+"""Run every (method × task × length × sample) cell of an :class:`EvalConfig`, resumably.
+
+Each finished sample is one JSON line appended to ``samples.jsonl`` and flushed to disk before the
+next starts. A line cut short by a kill is removed when the run resumes, and samples already
+recorded are skipped: killing the process at any point loses nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import EvalConfig
+
+RECORDS = "samples.jsonl"
+
+
+def load_records(path: Path) -> list[dict]:
+    """Records of ``path``; a trailing partial line (the process died while writing) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(len(complete))
+    records, seen = [], set()
+    for line in complete.decode("utf-8").splitlines():
+        record = json.loads(line)
+        key = record_key(record)
+        if key not in seen:
+            seen.add(key)
+            records.append(record)
+    return records
+
+
+def record_key(record: dict) -> tuple:
+    return record["method"], record["task"], record["length"], record["sample"]
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def environment(device: str) -> dict:
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "git_commit": commit,
+    }
+
+
+def load_model(cfg: EvalConfig):
+    import torch
+
+    from rrattention import assets
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    if cfg.model == "smollm2":
+        tokenizer, model = assets.load_smollm2(device=device, dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(device).eval()
+    return tokenizer, model, torch.device(device)
+
+
+def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
+    """Evaluate every missing cell of ``cfg``; returns all records of the run directory.
+
+    ``context`` (a :class:`~experiments.base.ModelContext`) skips loading the model (tests).
+    """
+    import yaml
+    from tqdm import tqdm
+
+    from . import TASKS
+    from .base import ModelContext
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records_path = run_dir / RECORDS
+    done = {record_key(r) for r in load_records(records_path)}
+    cells = [(t, n, i) for t in cfg.tasks for n in cfg.lengths for i in range(cfg.samples)]
+    todo = [(t, n, i, m) for t, n, i in cells for m in cfg.methods if (m.label, t.name, n, i) not in done]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if todo:
+        if context is None:
+            from rrattention import assets
+
+            tokenizer, model, device = load_model(cfg)
+            context = ModelContext(model, tokenizer, device, lambda: assets.corpus("shakespeare"))
+        (run_dir / "environment.json").write_text(json.dumps(environment(context.device.type), indent=2) + "\n")
+        samples: dict = {}
+        bar = tqdm(todo, desc=cfg.run_name, disable=not progress)
+        for task_spec, length, index, method in bar:
+            task = TASKS[task_spec.name](**task_spec.settings)
+            if (task_spec.name, length) not in samples:
+                samples = {(task_spec.name, length): task.make_samples(context, length, cfg.samples, cfg.seed)}
+            bar.set_postfix_str(f"{method.label} {task.name} L={length} #{index}")
+            context.use_method(method.config())
+            start = time.perf_counter()
+            metrics = task.evaluate(context, samples[(task_spec.name, length)][index])
+            append_record(records_path, {
+                "method": method.label, "task": task.name, "length": length, "sample": index,
+                "seconds": round(time.perf_counter() - start, 3), **metrics,
+            })
+    return load_records(records_path)
+
+
+def summarize(cfg: EvalConfig, records: list[dict]):
+    """``summary.csv``, ``table.md`` and plots in the run directory; returns the summary frame.
+
+    Sparsity: per sample, the mean over layers of each layer's prefill sparsity (spec §6); per
+    cell, the mean over samples. Scores as % of full: the cell's mean over the mean of the method
+    ``full`` on the same task and length (tasks whose metric is higher-is-better).
+    """
+    import pandas as pd
+
+    from . import TASKS
+
+    run_dir = cfg.run_dir
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        raise ValueError(f"{run_dir}: no records to summarise")
+    rows = []
+    full_label = next((m.label for m in cfg.methods if m.name == "full"), None)
+    for (method, task_name, length), group in frame.groupby(["method", "task", "length"], sort=False):
+        task = TASKS[task_name]
+        metric = task.primary_metric
+        row = {"method": method, "task": task_name, "length": length, "n": len(group), "metric": metric,
+               "score": group[metric].mean(), "score_std": group[metric].std(ddof=0), "sparsity": group["sparsity"].mean()}
+        for extra in ("kl", "nll", "nll_full"):
+            if extra in group:
+                row[extra] = group[extra].mean()
+        if full_label is not None and task.higher_is_better:
+            full = frame[(frame.method == full_label) & (frame.task == task_name) & (frame.length == length)][metric]
+            row["pct_of_full"] = 100.0 * row["score"] / full.mean() if len(full) and full.mean() else np.nan
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    order = {m.label: i for i, m in enumerate(cfg.methods)}
+    summary = summary.sort_values(["task", "length", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
+    summary.to_csv(run_dir / "summary.csv", index=False)
+    env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
+    header = (f"# {cfg.run_name}\n\nModel `{cfg.model}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
+              f"git {str(env.get('git_commit'))[:10]}, {env.get('date', '?')}; seed {cfg.seed}, {cfg.samples} samples per cell.\n"
+              "Sparsity: per sample the mean over layers of the prefill sparsity (spec §6), then the mean over samples.\n\n")
+    (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n")
+    _plots(summary, run_dir)
+    return summary
+
+
+def _plots(summary, run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for task, frame in summary.groupby("task"):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for method, rows in frame.groupby("method", sort=False):
+            axes[0].plot(rows["sparsity"], rows["score"], "o", label=method)
+            for _, r in rows.iterrows():
+                axes[0].annotate(f"{r['length'] // 1024}K", (r["sparsity"], r["score"]), fontsize=7)
+            axes[1].plot(rows["length"], rows["score"], "o-", label=method)
+            axes[2].plot(rows["length"], rows["sparsity"], "o-", label=method)
+        metric = frame["metric"].iloc[0]
+        axes[0].set(xlabel="sparsity", ylabel=metric, title=f"{task}: {metric} vs sparsity (Pareto)")
+        axes[1].set(xscale="log", xlabel="tokens", ylabel=metric, title=f"{task}: {metric} vs length")
+        axes[2].set(xscale="log", xlabel="tokens", ylabel="sparsity", title=f"{task}: sparsity vs length")
+        for ax in axes:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / f"{task}.png", dpi=110)
+        plt.close(fig)

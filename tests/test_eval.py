@@ -1,0 +1,144 @@
+"""The evaluation harness: config validation, deterministic task generation, metrics, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from experiments import TASKS  # noqa: E402
+from experiments.base import ModelContext  # noqa: E402
+from experiments.config import EvalConfig  # noqa: E402
+from experiments.runner import RECORDS, load_records, run, summarize  # noqa: E402
+
+
+class ByteTokenizer:
+    """Bytes as tokens: enough for the tasks, no download."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True, return_tensors=None):
+        ids = list(text.encode("utf-8"))
+        return type("Encoding", (), {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids})()
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+def _corpus():
+    rng = np.random.default_rng(0)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+             "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform"]
+    return " ".join(rng.choice(words, size=40_000))
+
+
+@pytest.fixture(scope="module")
+def context():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = transformers.LlamaForCausalLM(config).eval()
+    return ModelContext(model, ByteTokenizer(), torch.device("cpu"), _corpus)
+
+
+def _config(tmp_path, **extra):
+    data = {
+        "run_name": "unit",
+        "methods": ["full", {"name": "rrattention", "settings": {"block_size": 32, "stride": 4, "tau": 0.5, "min_sparse_len": 0}, "label": "rr"}],
+        "tasks": [{"name": "fidelity", "settings": {"last_tokens": 32}}, {"name": "copy", "settings": {"passage_words": 6, "skip_words": 2}}],
+        "lengths": [256, 384],
+        "samples": 2,
+        "output_dir": str(tmp_path),
+        **extra,
+    }
+    return EvalConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"run_name": ""}, "run_name must be a non-empty name"),
+        ({"methods": []}, "methods must list at least one method"),
+        ({"methods": ["minference"]}, "method must be one of"),
+        ({"methods": [{"name": "xattention", "settings": {"tau": 2}}]}, r"methods\[xattention\]: tau must be in \(0, 1\]"),
+        ({"methods": ["full", "full"]}, "method labels must be unique"),
+        ({"methods": [{"name": "full", "colour": 1}]}, r"unknown key\(s\) \['colour'\]"),
+        ({"tasks": ["summarisation"]}, "unknown task 'summarisation'"),
+        ({"tasks": [{"name": "copy", "settings": {"words": 3}}]}, r"tasks\[copy\]"),
+        ({"lengths": [32]}, "lengths must be a list of token counts >= 64"),
+        ({"samples": 0}, "samples must be an int >= 1"),
+        ({"device": "tpu"}, "device must be auto, cpu or cuda"),
+        ({"temperature": 0.0}, r"unknown evaluation config key\(s\) \['temperature'\]"),
+    ],
+)
+def test_config_validation(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, **change)
+
+
+def test_config_files_in_the_repository_load():
+    from pathlib import Path
+
+    configs = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if p.name.startswith(("quickstart", "fidelity", "helmet")))
+    assert configs
+    for path in configs:
+        EvalConfig.from_yaml(path)
+
+
+def test_samples_are_deterministic_given_the_seed(context):
+    for name, settings in (("fidelity", {}), ("copy", {"passage_words": 5})):
+        task = TASKS[name](**settings)
+        a, b = task.make_samples(context, 300, 3, seed=1), task.make_samples(context, 300, 3, seed=1)
+        assert a == b and all(len(s["ids"]) == 300 for s in a)
+        assert task.make_samples(context, 300, 3, seed=2) != a
+    copy = TASKS["copy"](passage_words=5, skip_words=2).make_samples(context, 300, 1, seed=0)[0]
+    n, depth = copy["passage_tokens"], copy["depth"]
+    assert copy["ids"][depth : depth + n] == copy["ids"][-n:]  # inserted at its depth, repeated at the end
+    assert len(copy["ids"]) - n < copy["score_from"] < len(copy["ids"])  # scored after the cue words
+
+
+def test_metrics(context):
+    context.use_method(EvalConfig.from_dict({"run_name": "x", "methods": ["full"], "tasks": ["copy"], "lengths": [128]}).methods[0].config())
+    sample = TASKS["fidelity"](last_tokens=16).make_samples(context, 200, 1, seed=0)[0]
+    metrics = TASKS["fidelity"](last_tokens=16).evaluate(context, sample)
+    assert metrics["delta_nll"] == pytest.approx(0.0, abs=1e-6) and metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["nll"] > 0 and metrics["sparsity"] == 0.0
+    # copy accuracy counts argmax hits over the scored span: a model that always predicts token t scores its share
+    copy = {"ids": [5] * 50 + [7] * 10, "score_from": 50}
+    logits = torch.zeros(11, 256)
+    logits[:, 7] = 1.0
+    original = context.logits
+    try:
+        context.logits = lambda ids, keep: (logits[-keep:], 0.25)
+        assert TASKS["copy"]().evaluate(context, copy) == {"accuracy": 1.0, "sparsity": 0.25}
+        logits[:5, 7], logits[:5, 9] = 0.0, 1.0
+        assert TASKS["copy"]().evaluate(context, copy)["accuracy"] == pytest.approx(0.5)
+    finally:
+        context.logits = original
+
+
+def test_run_is_resumable_and_summarised(tmp_path, context):
+    cfg = _config(tmp_path)
+    records = run(cfg, progress=False, context=context)
+    assert len(records) == 2 * 2 * 2 * 2  # methods × tasks × lengths × samples
+    path = cfg.run_dir / RECORDS
+    lines = path.read_text().splitlines()
+    # kill mid-write: a partial last line, and one finished sample lost with it
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    again = run(cfg, progress=False, context=context)
+    keys = [(r["method"], r["task"], r["length"], r["sample"]) for r in map(json.loads, path.read_text().splitlines())]
+    assert len(again) == len(records) == len(keys) == len(set(keys))  # the lost sample redone once, no duplicate
+    assert run(cfg, progress=False, context=context) == load_records(path)  # nothing left to do
+    summary = summarize(cfg, again)
+    assert set(summary.columns) >= {"method", "task", "length", "n", "score", "sparsity", "pct_of_full"}
+    copy = summary[summary.task == "copy"].set_index(["length", "method"])
+    for length in (256, 384):  # % of full: the method's mean over full's mean (NaN where full scores 0)
+        full, rr_score = copy.loc[(length, "full"), "score"], copy.loc[(length, "rr"), "score"]
+        want = 100.0 * rr_score / full if full else float("nan")
+        assert copy.loc[(length, "rr"), "pct_of_full"] == pytest.approx(want, nan_ok=True)
+    assert (summary[summary.method == "rr"].sparsity > 0).all()
+    for name in ("summary.csv", "table.md", "fidelity.png", "copy.png", "config.yaml", "environment.json"):
+        assert (cfg.run_dir / name).exists(), name
+    assert EvalConfig.from_yaml(cfg.run_dir / "config.yaml") == cfg
