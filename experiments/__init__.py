@@ -1,9 +1,11 @@
 """Evaluation tasks (one module per task family) and the resumable runner behind
 ``python tools/run_eval.py --config configs/<name>.yaml``."""
 
+from . import recall
 from .copy_task import InContextCopy
 from .fidelity import Fidelity
+from .helmet import HelmetLocal
 
-TASKS = {cls.name: cls for cls in (Fidelity, InContextCopy)}
+TASKS = {cls.name: cls for cls in (Fidelity, InContextCopy)} | recall.TASKS | {"helmet": HelmetLocal}
 
 __all__ = ["TASKS", "Fidelity", "InContextCopy"]

@@ -64,7 +64,7 @@ class EvalConfig:
                 raise ValueError(f"tasks: unknown task {spec.name!r}; expected one of {sorted(TASKS)}")
             try:
                 TASKS[spec.name](**spec.settings)
-            except TypeError as err:
+            except (TypeError, ValueError) as err:
                 raise ValueError(f"tasks[{spec.name}]: {err}") from None
         if not self.lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 64 for n in self.lengths):
             raise ValueError(f"lengths must be a list of token counts >= 64, got {list(self.lengths)}")
@@ -74,6 +74,9 @@ class EvalConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def task_names(self) -> list[str]:
+        return list(task_instances(self))
 
     @property
     def run_dir(self) -> Path:
@@ -91,8 +94,7 @@ class EvalConfig:
         if missing:
             raise ValueError(f"evaluation config is missing {missing}")
         methods = tuple(_method(m) for m in data["methods"])
-        tasks = tuple(TaskSpec(t, {}) if isinstance(t, str) else TaskSpec(t["name"], dict(t.get("settings") or {}))
-                      for t in data["tasks"])
+        tasks = tuple(spec for t in data["tasks"] for spec in _tasks(t))
         return cls(**{**data, "methods": methods, "tasks": tasks, "lengths": tuple(data["lengths"])})
 
     @classmethod
@@ -119,3 +121,25 @@ def _method(entry: Any) -> MethodSpec:
     if unknown:
         raise ValueError(f"method entry {entry.get('name')!r} has unknown key(s) {unknown}")
     return MethodSpec(entry["name"], dict(entry.get("settings") or {}), entry.get("label") or entry["name"])
+
+
+def _tasks(entry: Any) -> list[TaskSpec]:
+    """A task entry; ``helmet`` with ``categories`` becomes one task per HELMET dataset."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, Mapping) or "name" not in entry:
+        raise ValueError(f"a task entry must be a name or a mapping with 'name', got {entry!r}")
+    settings = dict(entry.get("settings") or {})
+    if entry["name"] == "helmet" and "dataset" not in settings:
+        from .helmet import expand
+
+        return [TaskSpec("helmet", s) for s in expand(settings)]
+    return [TaskSpec(entry["name"], settings)]
+
+
+def task_instances(cfg: "EvalConfig") -> dict[str, Any]:
+    """The task objects of a config, by the name their records carry."""
+    from . import TASKS
+
+    instances = [TASKS[spec.name](**spec.settings) for spec in cfg.tasks]
+    return {task.name: task for task in instances}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import EvalConfig
+from .config import EvalConfig, task_instances
 
 RECORDS = "samples.jsonl"
 
@@ -96,14 +96,14 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
     import yaml
     from tqdm import tqdm
 
-    from . import TASKS
     from .base import ModelContext
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     records_path = run_dir / RECORDS
     done = {record_key(r) for r in load_records(records_path)}
-    cells = [(t, n, i) for t in cfg.tasks for n in cfg.lengths for i in range(cfg.samples)]
+    tasks = task_instances(cfg)
+    cells = [(t, n, i) for t in tasks.values() for n in cfg.lengths for i in range(cfg.samples)]
     todo = [(t, n, i, m) for t, n, i in cells for m in cfg.methods if (m.label, t.name, n, i) not in done]
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if todo:
@@ -115,14 +115,13 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
         (run_dir / "environment.json").write_text(json.dumps(environment(context.device.type), indent=2) + "\n")
         samples: dict = {}
         bar = tqdm(todo, desc=cfg.run_name, disable=not progress)
-        for task_spec, length, index, method in bar:
-            task = TASKS[task_spec.name](**task_spec.settings)
-            if (task_spec.name, length) not in samples:
-                samples = {(task_spec.name, length): task.make_samples(context, length, cfg.samples, cfg.seed)}
+        for task, length, index, method in bar:
+            if (task.name, length) not in samples:
+                samples = {(task.name, length): task.make_samples(context, length, cfg.samples, cfg.seed)}
             bar.set_postfix_str(f"{method.label} {task.name} L={length} #{index}")
             context.use_method(method.config())
             start = time.perf_counter()
-            metrics = task.evaluate(context, samples[(task_spec.name, length)][index])
+            metrics = task.evaluate(context, samples[(task.name, length)][index])
             append_record(records_path, {
                 "method": method.label, "task": task.name, "length": length, "sample": index,
                 "seconds": round(time.perf_counter() - start, 3), **metrics,
@@ -139,16 +138,15 @@ def summarize(cfg: EvalConfig, records: list[dict]):
     """
     import pandas as pd
 
-    from . import TASKS
-
     run_dir = cfg.run_dir
+    tasks = task_instances(cfg)
     frame = pd.DataFrame(records)
     if frame.empty:
         raise ValueError(f"{run_dir}: no records to summarise")
     rows = []
     full_label = next((m.label for m in cfg.methods if m.name == "full"), None)
     for (method, task_name, length), group in frame.groupby(["method", "task", "length"], sort=False):
-        task = TASKS[task_name]
+        task = tasks[task_name]
         metric = task.primary_metric
         row = {"method": method, "task": task_name, "length": length, "n": len(group), "metric": metric,
                "score": group[metric].mean(), "score_std": group[metric].std(ddof=0), "sparsity": group["sparsity"].mean()}

@@ -142,3 +142,92 @@ def test_run_is_resumable_and_summarised(tmp_path, context):
     for name in ("summary.csv", "table.md", "fidelity.png", "copy.png", "config.yaml", "environment.json"):
         assert (cfg.run_dir / name).exists(), name
     assert EvalConfig.from_yaml(cfg.run_dir / "config.yaml") == cfg
+
+
+RECALL_TASKS = ["json_kv", "ruler_mk_niah_2", "ruler_mk_niah_3", "ruler_mv_niah", "ruler_vt", "ruler_cwe"]
+
+
+@pytest.mark.parametrize("name", RECALL_TASKS)
+def test_recall_tasks_generate_helmet_records(tmp_path, context, name):
+    from experiments import recall
+    from experiments.recall import prompt_ids
+
+    task = TASKS[name](max_new_tokens=20)
+    samples = task.make_samples(context, 1200, 2, seed=3)
+    assert samples == task.make_samples(context, 1200, 2, seed=3) and samples != task.make_samples(context, 1200, 2, seed=4)
+    for sample in samples:
+        record = sample["record"]
+        assert prompt_ids(context, sample["user"], sample["system"]).shape[1] <= 1200 - 20
+        answers = [record["answer"]] if name == "json_kv" else record["outputs"]
+        assert all(a in record["context"] for a in answers)  # every answer is in the haystack
+        if name == "json_kv":
+            assert set(record) >= {"context", "question", "answer", "num_kvs"}
+            assert json.loads(record["context"].split("\n", 1)[1])[record["question"]] == record["answer"]
+        else:
+            assert set(record) >= {"context", "outputs", "length"}
+    # scored by HELMET's metric against the record's answers
+    perfect = " ".join(answers)
+    original = context.generate
+    try:
+        context.generate = lambda ids, max_new_tokens: (perfect, 0.5)
+        assert task.evaluate(context, samples[-1]) == {task.primary_metric: 1.0, "sparsity": 0.5}
+        context.generate = lambda ids, max_new_tokens: ("no idea", 0.5)
+        assert task.evaluate(context, samples[-1])[task.primary_metric] == 0.0
+    finally:
+        context.generate = original
+    path = recall.export(name, samples, 1200, tmp_path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["index"] for line in lines] == [0, 1] and lines[1] | {"index": 1} == {"index": 1, **samples[1]["record"]}
+    assert path.relative_to(tmp_path).parts[0] == ("json_kv" if name == "json_kv" else "ruler")
+
+
+def test_metric_functions():
+    from experiments.metrics import exact_match, normalize_answer, string_match_all, substring_exact_match
+
+    assert normalize_answer("The  Answer, is: 42!") == "answer is 42"
+    assert substring_exact_match("I think the answer is Paris.", ["paris", "Lyon"]) == 1.0
+    assert substring_exact_match("London", "Paris") == 0.0
+    assert exact_match("Paris.", "paris") == 1.0 and exact_match("in Paris", "paris") == 0.0
+    assert string_match_all("values: 1, 3", ["1", "2", "3", "4"]) == 0.5
+
+
+def test_helmet_local_files(tmp_path, context):
+    from experiments import recall
+    from experiments.config import task_instances
+
+    data = tmp_path / "data"
+    for name in ("json_kv", "ruler_mk_niah_2", "ruler_mk_niah_3", "ruler_mv_niah"):
+        samples = TASKS[name](max_new_tokens=20).make_samples(context, 8192 if name == "ruler_mv_niah" else 1500, 2, seed=1)
+        path = recall.export(name, samples, 8192, data)
+        if name == "json_kv":  # HELMET names JSON KV files by pair count; 8K reads k105
+            path.rename(path.with_name("test_k105_dep6.jsonl"))
+    kilt = data / "kilt"
+    kilt.mkdir()
+    for name, dep in (("nq", 6), ("triviaqa", 6), ("popqa", 6), ("hotpotqa", 3)):
+        rows = [{"question": f"Who wrote {name} {i}?", "answers": [f"Author {i}", f"A. {i}"],
+                 "ctxs": [{"title": "Doc", "text": f"{name} {i} was written by Author {i}."}]} for i in range(2)]
+        (kilt / f"{name}-dev-multikilt_1000_k50_dep{dep}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    cfg = _config(tmp_path, tasks=[{"name": "helmet", "settings": {"data_dir": str(data), "categories": ["recall", "rag"]}}],
+                  lengths=[8192])
+    tasks = task_instances(cfg)
+    assert list(tasks) == ["helmet_json_kv", "helmet_ruler_niah_mk_2", "helmet_ruler_niah_mk_3", "helmet_ruler_niah_mv",
+                           "helmet_kilt_nq", "helmet_kilt_triviaqa", "helmet_kilt_popqa", "helmet_kilt_hotpotqa"]
+    assert EvalConfig.from_dict(cfg.to_dict()) == cfg
+    original = context.generate
+    try:
+        for task in tasks.values():
+            samples = task.make_samples(context, 8192, 2, seed=0)
+            assert len(samples) == 2 and samples[0]["user"]
+            context.generate = lambda ids, max_new_tokens, s=samples[1]: (" and ".join(s["answers"]), 0.0)
+            assert task.evaluate(context, samples[1])[task.primary_metric] == 1.0
+            context.generate = lambda ids, max_new_tokens: ("unknown", 0.0)
+            assert task.evaluate(context, samples[1])[task.primary_metric] == 0.0
+    finally:
+        context.generate = original
+    with pytest.raises(FileNotFoundError, match="no HELMET file"):
+        tasks["helmet_kilt_nq"].make_samples(context, 16384, 1, seed=0)
+    with pytest.raises(ValueError, match="helmet category 'cite' is not supported yet"):
+        _config(tmp_path, tasks=[{"name": "helmet", "settings": {"data_dir": str(data), "categories": ["cite"]}}])
+    with pytest.raises(ValueError, match="helmet needs settings.data_dir"):
+        _config(tmp_path, tasks=[{"name": "helmet", "settings": {"categories": ["rag"]}}])
