@@ -2,10 +2,11 @@
 ``python tools/run_eval.py --config configs/<name>.yaml``."""
 
 from . import recall
+from .attention_fidelity import AttentionFidelity
 from .copy_task import InContextCopy
 from .fidelity import Fidelity
 from .helmet import HelmetLocal
 
-TASKS = {cls.name: cls for cls in (Fidelity, InContextCopy)} | recall.TASKS | {"helmet": HelmetLocal}
+TASKS = {cls.name: cls for cls in (Fidelity, InContextCopy, AttentionFidelity)} | recall.TASKS | {"helmet": HelmetLocal}
 
 __all__ = ["TASKS", "Fidelity", "InContextCopy"]

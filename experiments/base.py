@@ -58,6 +58,8 @@ class ModelContext:
         finally:
             if self.method_cfg is not None:
                 rr.hf.configure(self.model, self.method_cfg)
+            else:
+                self.model.set_attn_implementation("sdpa")
 
     def logits(self, ids: torch.Tensor, keep: int) -> tuple[torch.Tensor, float]:
         """fp32 logits of the last ``keep`` positions under the current method, and its prefill

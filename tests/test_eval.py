@@ -231,3 +231,20 @@ def test_helmet_local_files(tmp_path, context):
         _config(tmp_path, tasks=[{"name": "helmet", "settings": {"data_dir": str(data), "categories": ["cite"]}}])
     with pytest.raises(ValueError, match="helmet needs settings.data_dir"):
         _config(tmp_path, tasks=[{"name": "helmet", "settings": {"categories": ["rag"]}}])
+
+
+def test_attention_fidelity(context):
+    import rrattention as rr
+
+    task = TASKS["attention_fidelity"](layers=[0, 1])
+    sample = task.make_samples(context, 320, 1, seed=0)[0]
+    context.use_method(rr.methods.make_config("full", {"block_size": 32}))
+    full = task.evaluate(context, sample)
+    assert full["mass"] == pytest.approx(1.0) and full["out_rel_err"] == pytest.approx(0.0, abs=1e-6) and full["sparsity"] == 0
+    context.use_method(rr.RRConfig(block_size=32, stride=4, tau=0.5, min_sparse_len=0))
+    sparse = task.evaluate(context, sample)
+    assert 0 < sparse["sparsity"] < 1 and 0 < sparse["mass_worst_head"] <= sparse["mass"] < 1 and sparse["out_rel_err"] > 0
+    context.use_method(rr.RRConfig(block_size=32, stride=4, tau=0.5))  # below min_sparse_len: the pipeline is dense
+    assert task.evaluate(context, sample)["mass"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"layers \[7\] do not exist"):
+        TASKS["attention_fidelity"](layers=[7]).evaluate(context, sample)
