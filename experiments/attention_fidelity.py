@@ -75,13 +75,10 @@ class AttentionFidelity:
 
     def evaluate(self, ctx: ModelContext, sample: dict) -> dict[str, float]:
         ids = torch.tensor(sample["ids"])[None]
-        key = ("qkv", hash(tuple(sample["ids"])), self.layers)
-        if key not in ctx._full_cache:
-            ctx._full_cache.clear()
-            ctx._full_cache[key] = capture_qkv(ctx, ids, self.layers)
+        captured = ctx.cached(("qkv", hash(tuple(sample["ids"])), self.layers), lambda: capture_qkv(ctx, ids, self.layers))
         cfg = ctx.method_cfg
         masses, errors, sparsities = [], [], []
-        for layer, (q, k, v, scale) in ctx._full_cache[key].items():
+        for layer, (q, k, v, scale) in captured.items():
             q, k, v = q.float(), k.float(), v.float()
             length = q.shape[2]
             method = rr.methods.for_config(cfg)

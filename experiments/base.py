@@ -69,13 +69,22 @@ class ModelContext:
         sparsity = stats.sparsity()
         return out, 0.0 if sparsity != sparsity else sparsity  # NaN: no prefill call recorded
 
+    def cached(self, key, compute: Callable[[], Any]):
+        """``compute()`` once per ``key``: a full-attention result shared by all methods of a sample.
+        Samples are visited one at a time, so only the current sample's results are kept."""
+        if key not in self._full_cache:
+            self._full_cache.clear()
+            self._full_cache[key] = compute()
+        return self._full_cache[key]
+
     def full_logits(self, key, ids: torch.Tensor, keep: int) -> torch.Tensor:
         """Logits under full attention, cached by ``key`` (one sample's identity)."""
-        if key not in self._full_cache:
-            self._full_cache.clear()  # samples are visited one at a time: keep only the current one
+
+        def compute():
             with self.full_attention(), torch.no_grad():
-                self._full_cache[key] = self.model(ids.to(self.device), logits_to_keep=keep).logits[0].float()
-        return self._full_cache[key]
+                return self.model(ids.to(self.device), logits_to_keep=keep).logits[0].float()
+
+        return self.cached(("logits", key, keep), compute)
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> tuple[str, float]:
         """Greedy continuation (prefill under the method, decode dense) and the prefill sparsity."""

@@ -75,9 +75,6 @@ class EvalConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
 
-    def task_names(self) -> list[str]:
-        return list(task_instances(self))
-
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name

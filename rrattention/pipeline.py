@@ -98,14 +98,21 @@ def problem(q: torch.Tensor, shape: AttentionShape, cfg: AttentionConfig, varlen
     )
 
 
+def _estimator_settings(cfg: RRConfig, layer: int | None, scale: float) -> dict:
+    return dict(stride=cfg.stride, block_size=cfg.block_size, head_shift=cfg.head_shift, scale=scale,
+                layer=layer or 0, seed=cfg.seed, exact_stride_causal=cfg.exact_stride_causal)
+
+
+def _selection_settings(cfg: RRConfig) -> dict:
+    return dict(block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector, force_sink=cfg.force_sink,
+                force_diagonal=cfg.force_diagonal, dense_last_query_block=cfg.dense_last_query_block)
+
+
 def estimate(backend: str, q, k, cfg: RRConfig, layer: int | None, scale: float, shape: AttentionShape) -> torch.Tensor:
     if backend == "triton":
         from .kernels.estimate import estimate_block_scores
 
-        return estimate_block_scores(
-            q, k, stride=cfg.stride, block_size=cfg.block_size, head_shift=cfg.head_shift, scale=scale,
-            layer=layer or 0, seed=cfg.seed, exact_stride_causal=cfg.exact_stride_causal,
-        )
+        return estimate_block_scores(q, k, **_estimator_settings(cfg, layer, scale))
     offsets = reference.head_offsets(shape.q_heads, shape.kv_heads, cfg.stride, cfg.head_shift, layer=layer or 0, seed=cfg.seed)
     return reference.block_scores(
         q, k, stride=cfg.stride, block_size=cfg.block_size, offsets=offsets,
@@ -114,10 +121,7 @@ def estimate(backend: str, q, k, cfg: RRConfig, layer: int | None, scale: float,
 
 
 def select(backend: str, scores: torch.Tensor, cfg: RRConfig, q_len: int, k_len: int) -> Selection:
-    flags = dict(
-        block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector, force_sink=cfg.force_sink,
-        force_diagonal=cfg.force_diagonal, dense_last_query_block=cfg.dense_last_query_block,
-    )
+    flags = _selection_settings(cfg)
     if backend == "triton":
         from .kernels.select import select_blocks
 
@@ -184,16 +188,12 @@ def run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
     varlen = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     with _stage(timer, "estimate"):
         scores = estimate_block_scores(
-            q, k, stride=cfg.stride, block_size=cfg.block_size, head_shift=cfg.head_shift, scale=scale,
-            layer=layer or 0, seed=cfg.seed, exact_stride_causal=cfg.exact_stride_causal,
-            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, **varlen,
+            q, k, **_estimator_settings(cfg, layer, scale), max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, **varlen,
         )
     min_sparse_len = torch.iinfo(torch.int32).max if cfg.is_dense_layer(layer) else cfg.min_sparse_len
     with _stage(timer, "select"):
         block_mask, kv_count, kv_index = select_blocks(
-            scores, q_len=0, k_len=0, block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector,
-            force_sink=cfg.force_sink, force_diagonal=cfg.force_diagonal,
-            dense_last_query_block=cfg.dense_last_query_block, min_sparse_len=min_sparse_len,
+            scores, q_len=0, k_len=0, **_selection_settings(cfg), min_sparse_len=min_sparse_len,
             single_query_dense=True, **varlen,
         )
     with _stage(timer, "attention"):
