@@ -7,7 +7,8 @@ block mask is scored by
 * ``out_rel_err``: ``‖out_sparse − out_full‖ / ‖out_full‖`` of the head's output;
 * ``sparsity``: spec §6 over the head's (query block) rows.
 
-Records hold the means over the chosen layers and heads, and the worst head's mass.
+Records hold the means over the chosen layers and heads, the worst head's mass, and the per-head
+values (``[layer][head]`` lists in the order of ``layers``) that the sparsity heatmaps are drawn from.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def _register_capture() -> None:
     AttentionMaskInterface.register(CAPTURE, sdpa_mask)
 
 
-def capture_qkv(ctx: ModelContext, ids: torch.Tensor, layers: tuple[int, ...]) -> dict:
-    """``{layer: (q [1, Hq, L, D], k, v [1, Hkv, L, D], scale)}`` from one full-attention forward."""
+def capture_qkv(ctx: ModelContext, ids: torch.Tensor, layers: tuple[int, ...] | None) -> dict:
+    """``{layer: (q [1, Hq, L, D], k, v [1, Hkv, L, D], scale)}`` from one full-attention forward
+    (``layers=None``: every attention layer)."""
     _register_capture()
-    modules = [m for m in rr.hf.attention_modules(ctx.model) if m.layer_idx in layers]
+    modules = [m for m in rr.hf.attention_modules(ctx.model) if layers is None or m.layer_idx in layers]
     store: dict = {}
     for m in modules:
         m.rrattention_capture = store
@@ -53,7 +55,7 @@ def capture_qkv(ctx: ModelContext, ids: torch.Tensor, layers: tuple[int, ...]) -
     finally:
         for m in modules:
             del m.rrattention_capture
-    missing = sorted(set(layers) - set(store))
+    missing = sorted(set(layers or ()) - set(store))
     if missing:
         raise ValueError(f"attention_fidelity: layers {missing} do not exist in the model")
     return store
@@ -61,12 +63,18 @@ def capture_qkv(ctx: ModelContext, ids: torch.Tensor, layers: tuple[int, ...]) -
 
 @dataclass(frozen=True)
 class AttentionFidelity:
-    layers: tuple[int, ...] = field(default=(0,))
+    layers: tuple[int, ...] | str = field(default=(0,))  # layer indices, or "all"
     name: str = "attention_fidelity"
     primary_metric: str = "mass"
     higher_is_better: bool = True
 
     def __post_init__(self):
+        if self.layers == "all":
+            return
+        if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__") or not self.layers:
+            raise ValueError(f"layers must be a non-empty list of layer indices or 'all', got {self.layers!r}")
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers):
+            raise ValueError(f"layers must hold layer indices >= 0, got {list(self.layers)}")
         object.__setattr__(self, "layers", tuple(self.layers))
 
     def make_samples(self, ctx: ModelContext, length: int, n: int, seed: int) -> list[dict]:
@@ -75,7 +83,8 @@ class AttentionFidelity:
 
     def evaluate(self, ctx: ModelContext, sample: dict) -> dict[str, float]:
         ids = torch.tensor(sample["ids"])[None]
-        captured = ctx.cached(("qkv", hash(tuple(sample["ids"])), self.layers), lambda: capture_qkv(ctx, ids, self.layers))
+        layers = None if self.layers == "all" else self.layers
+        captured = ctx.cached(("qkv", hash(tuple(sample["ids"])), self.layers), lambda: capture_qkv(ctx, ids, layers))
         cfg = ctx.method_cfg
         masses, errors, sparsities = [], [], []
         for layer, (q, k, v, scale) in captured.items():
@@ -92,4 +101,9 @@ class AttentionFidelity:
             sparsities.append(1 - (mask & visible).sum((-2, -1))[0].float() / visible.sum())
         mass, error, sparsity = (torch.stack(x) for x in (masses, errors, sparsities))  # [layers, Hq]
         return {"mass": float(mass.mean()), "mass_worst_head": float(mass.min()), "out_rel_err": float(error.mean()),
-                "sparsity": float(sparsity.mean())}
+                "sparsity": float(sparsity.mean()), "layers": list(captured),
+                "mass_per_head": _rounded(mass), "sparsity_per_head": _rounded(sparsity)}
+
+
+def _rounded(values: torch.Tensor) -> list[list[float]]:
+    return [[round(float(x), 5) for x in row] for row in values.cpu()]

@@ -59,7 +59,7 @@ def environment(device: str) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit = os.environ.get("RRATTENTION_GIT_COMMIT")  # a copy of the tree without .git (e.g. a GPU host)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),

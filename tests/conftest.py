@@ -7,6 +7,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -28,3 +29,36 @@ settings.load_profile("default")
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+class ByteTokenizer:
+    """Bytes as tokens: enough for the tasks, no download."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True, return_tensors=None):
+        ids = list(text.encode("utf-8"))
+        return type("Encoding", (), {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids})()
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+def _corpus():
+    rng = np.random.default_rng(0)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+             "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform"]
+    return " ".join(rng.choice(words, size=40_000))
+
+
+@pytest.fixture(scope="module")
+def context():
+    """A tiny random Llama with a byte tokenizer in an evaluation ModelContext (no download)."""
+    transformers = pytest.importorskip("transformers")
+    from experiments.base import ModelContext
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = transformers.LlamaForCausalLM(config).eval()
+    return ModelContext(model, ByteTokenizer(), torch.device("cpu"), _corpus)
