@@ -197,8 +197,10 @@ def test_helmet_local_files(tmp_path, context):
         context.generate = original
     with pytest.raises(FileNotFoundError, match="no HELMET file"):
         tasks["helmet_kilt_nq"].make_samples(context, 16384, 1, seed=0)
-    with pytest.raises(ValueError, match="helmet category 'cite' is not supported yet"):
-        _config(tmp_path, tasks=[{"name": "helmet", "settings": {"data_dir": str(data), "categories": ["cite"]}}])
+    with pytest.raises(ValueError, match="helmet category 'summ' is not supported: HELMET scores summarisation with a GPT-4o judge"):
+        _config(tmp_path, tasks=[{"name": "helmet", "settings": {"data_dir": str(data), "categories": ["summ"]}}])
+    with pytest.raises(ValueError, match="unknown helmet category 'video'"):
+        _config(tmp_path, tasks=[{"name": "helmet", "settings": {"data_dir": str(data), "categories": ["video"]}}])
     with pytest.raises(ValueError, match="helmet needs settings.data_dir"):
         _config(tmp_path, tasks=[{"name": "helmet", "settings": {"categories": ["rag"]}}])
 
