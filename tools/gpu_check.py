@@ -159,6 +159,9 @@ def main() -> int:
         ("GQA4 5000 Bk64 S4 fp16 random", 1, 4, 1, 5000, 5000, 64, torch.float16, C(stride=4, block_size=64, head_shift="random")),
         ("GQA4 6007 exact_stride group_rr bf16", 1, 8, 2, 6007, 6007, 128, torch.bfloat16,
          C(exact_stride_causal=True, head_shift="group_round_robin", tau=0.8)),
+        # SmolLM2's shape (9 query / 3 KV heads, D=64): every head-shift policy compiles and matches
+        *((f"GQA3 8192 D64 bf16 {p}", 1, 9, 3, 8192, 8192, 64, torch.bfloat16, C(head_shift=p, tau=0.9, seed=7))
+          for p in rr.HEAD_SHIFTS),
         ("GQA4 16384 D128 bf16", 1, 32, 8, 16384, 16384, 128, torch.bfloat16, C()),
         ("GQA4 32768 D128 bf16", 1, 32, 8, 32768, 32768, 128, torch.bfloat16, C(tau=0.9)),
     ]

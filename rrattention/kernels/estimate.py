@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.sampling import layer_hash as random_layer_hash
 from ._common import dot_precision, launch_config, next_pow2, sequence_bounds
 
 POLICIES = {"round_robin": 0, "fixed": 1, "random": 2, "group_round_robin": 3}
@@ -35,13 +36,19 @@ def _splitmix64(x):
 
 
 @triton.jit
-def _head_offsets(head, seed, layer, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
-    """``r_h`` of spec §2 for a vector of query-head indices (see ``reference.head_offsets``)."""
+def _head_offsets(head, group_idx, kv_head, layer_hash, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
+    """``r_h`` of spec §2 for the rows' query heads ``head = kv_head·G + group_idx`` (see
+    ``reference.head_offsets``); ``layer_hash`` is ``splitmix64(splitmix64(seed) ^ layer)``."""
     if POLICY == 1:
         r = tl.full(head.shape, STRIDE - 1, tl.int32)
     elif POLICY == 2:
-        x = _splitmix64(_splitmix64(_splitmix64(tl.full(head.shape, seed, tl.uint64)) ^ layer.to(tl.uint64)) ^ head.to(tl.uint64))
-        r = (x % STRIDE).to(tl.int32)
+        # One scalar hash per head of the group, spread over its rows: hashing the row vector in
+        # 64 bits made Triton 3.6 give the offsets a layout its later selects reject.
+        layer_hash = layer_hash.to(tl.uint64)
+        r = tl.zeros(head.shape, tl.int32)
+        for g in tl.static_range(GROUP):
+            r_g = (_splitmix64(layer_hash ^ (kv_head * GROUP + g).to(tl.uint64)) % STRIDE).to(tl.int32)
+            r = tl.where(group_idx == g, r_g, r)
     elif (POLICY == 3) and (STRIDE % GROUP == 0):
         per_group: tl.constexpr = STRIDE // GROUP
         r = (head % GROUP) * per_group + (head // GROUP) % per_group
@@ -131,7 +138,7 @@ def _estimate_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
     stride_sb, stride_sh, stride_si,
-    q_len_fixed, k_len_fixed, qk_scale, seed, layer,
+    q_len_fixed, k_len_fixed, qk_scale, layer_hash,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
     R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
@@ -161,7 +168,7 @@ def _estimate_kernel(
         last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
         q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
     else:
-        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, seed, layer, POLICY, STRIDE, GROUP)
+        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, group_idx, kv_head, layer_hash, POLICY, STRIDE, GROUP)
         row_ok = (group_idx < GROUP) & (t < q_len)
         last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
         q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
@@ -294,7 +301,7 @@ def estimate_block_scores(
     _estimate_kernel[grid](
         q, k, *means, out, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
         *q_strides, *k_strides, *means[0].stride()[:3], *out.stride()[:3],
-        q_len_fixed, k_len_fixed, scale * math.log2(math.e), seed, layer,
+        q_len_fixed, k_len_fixed, scale * math.log2(math.e), random_layer_hash(seed, layer) if head_shift == "random" else 0,
         GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, SPLITS=splits,
         EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen, ANTIDIAGONAL=antidiagonal,

@@ -18,13 +18,18 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def layer_hash(seed: int, layer: int) -> int:
+    """``splitmix64(splitmix64(seed) ^ layer)``: the per-layer part of :func:`random_head_offset`."""
+    return _splitmix64(_splitmix64(seed) ^ layer)
+
+
 def random_head_offset(seed: int, layer: int, head: int, stride: int) -> int:
     """``r_h`` of ``head_shift="random"``: ``splitmix64(splitmix64(splitmix64(seed) ^ layer) ^ head) mod S``.
 
     A plain integer hash rather than a framework RNG, so any implementation (and any device)
     reproduces the same offsets from ``(seed, layer, head)``.
     """
-    return _splitmix64(_splitmix64(_splitmix64(seed) ^ layer) ^ head) % stride
+    return _splitmix64(layer_hash(seed, layer) ^ head) % stride
 
 
 def head_offsets(
