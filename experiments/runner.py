@@ -20,6 +20,7 @@ import numpy as np
 from .config import EvalConfig, task_instances
 
 RECORDS = "samples.jsonl"
+COMMAND = "command.txt"  # the command line that produced the run, written by the tools
 
 
 def load_records(path: Path) -> list[dict]:
@@ -56,10 +57,14 @@ def environment(device: str) -> dict:
     import torch
     import transformers
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("RRATTENTION_GIT_COMMIT")  # a copy of the tree without .git (e.g. a GPU host)
+    # A copy of the tree sent to another host (a GPU machine) may lack .git or carry a stale one: the
+    # sender names the commit it sent in RRATTENTION_GIT_COMMIT.
+    commit = os.environ.get("RRATTENTION_GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -129,8 +134,9 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
     return load_records(records_path)
 
 
-def summarize(cfg: EvalConfig, records: list[dict]):
-    """``summary.csv``, ``table.md`` and plots in the run directory; returns the summary frame.
+def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
+    """``summary.csv``, ``table.md`` and (``plots``) one figure per task in the run directory;
+    returns the summary frame.
 
     Sparsity: per sample, the mean over layers of each layer's prefill sparsity (spec §6); per
     cell, the mean over samples. Scores as % of full: the cell's mean over the mean of the method
@@ -162,12 +168,29 @@ def summarize(cfg: EvalConfig, records: list[dict]):
     summary = summary.sort_values(["task", "length", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
     summary.to_csv(run_dir / "summary.csv", index=False)
     env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
-    header = (f"# {cfg.run_name}\n\nModel `{cfg.model}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
+    header = (f"# {cfg.run_name}\n\nProduced by `{command(run_dir)}`.\n"
+              f"Model `{cfg.model}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
               f"git {str(env.get('git_commit'))[:10]}, {env.get('date', '?')}; seed {cfg.seed}, {cfg.samples} samples per cell.\n"
               "Sparsity: per sample the mean over layers of the prefill sparsity (spec §6), then the mean over samples.\n\n")
     (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n")
-    _plots(summary, run_dir)
+    if plots:
+        _plots(summary, run_dir)
     return summary
+
+
+def command(run_dir: Path) -> str:
+    """The command that produced ``run_dir``: as recorded, else the one its config file's name implies."""
+    if (run_dir / COMMAND).exists():
+        return (run_dir / COMMAND).read_text().strip()
+    tool = "run_ablation" if (run_dir / "ablation.yaml").exists() else "run_eval"
+    return f"python tools/{tool}.py --config configs/{run_dir.name}.yaml"
+
+
+def record_command(run_dir: Path, argv: list[str]) -> None:
+    import shlex
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / COMMAND).write_text("python " + " ".join(map(shlex.quote, argv)) + "\n")
 
 
 def _plots(summary, run_dir: Path) -> None:

@@ -17,8 +17,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.ablation import SPEC, AblationConfig, pivot  # noqa: E402
-from experiments.runner import RECORDS, load_records, run, summarize  # noqa: E402
+from experiments.ablation import SPEC, AblationConfig, write_pivot  # noqa: E402
+from experiments.runner import RECORDS, load_records, record_command, run, summarize  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,10 +34,13 @@ def main(argv=None) -> int:
     cfg = ablation.eval_config()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / SPEC).write_text(yaml.safe_dump(ablation.to_dict(), sort_keys=False))
-    records = load_records(cfg.run_dir / RECORDS) if args.summarize_only else run(cfg, progress=not args.no_progress)
+    if args.summarize_only:
+        records = load_records(cfg.run_dir / RECORDS)
+    else:
+        record_command(cfg.run_dir, ["tools/run_ablation.py", *(sys.argv[1:] if argv is None else argv)])
+        records = run(cfg, progress=not args.no_progress)
     summary = summarize(cfg, records)
-    table = pivot(ablation, summary)
-    (cfg.run_dir / "ablation.md").write_text(f"# {cfg.run_name}\n\n{table}")
+    table = write_pivot(ablation, summary, cfg.run_dir)
     print(table)
     print(f"records, summary, pivot and plots in {cfg.run_dir}/")
     return 0 if len(summary) else 1

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.config import EvalConfig  # noqa: E402
-from experiments.runner import run, summarize  # noqa: E402
+from experiments.runner import record_command, run, summarize  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
         records = load_records(cfg.run_dir / RECORDS)
     else:
+        record_command(cfg.run_dir, ["tools/run_eval.py", *(sys.argv[1:] if argv is None else argv)])
         records = run(cfg, progress=not args.no_progress)
     summary = summarize(cfg, records)
     print((cfg.run_dir / "table.md").read_text())
