@@ -300,17 +300,21 @@ def heatmap_figure(run: Run, path: Path) -> None:
     records = [r for r in run.records if "sparsity_per_head" in r]
     methods = list(dict.fromkeys(r["method"] for r in records))
     plt, fig, axes = _figure(2, len(methods), (3.2 * len(methods), 8))
+    means = {(m, key): np.mean([r[key] for r in records if r["method"] == m], axis=0)
+             for m in methods for key in ("sparsity_per_head", "mass_per_head")}
+    lowest_mass = min(float(v.min()) for (m, key), v in means.items() if key == "mass_per_head")
     for col, method in enumerate(methods):
-        mine = [r for r in records if r["method"] == method]
-        layers = mine[0]["layers"]
-        for row, (key, cmap, title) in enumerate((("sparsity_per_head", "viridis", "sparsity"),
-                                                  ("mass_per_head", "magma", "attention mass kept"))):
-            values = np.mean([r[key] for r in mine], axis=0)
-            image = axes[row][col].imshow(values, aspect="auto", cmap=cmap, vmin=0 if row == 0 else values.min(), vmax=1)
-            axes[row][col].set(title=f"{method}: {title}", xlabel="head", ylabel="layer")
-            axes[row][col].set_yticks(range(0, len(layers), max(1, len(layers) // 8)))
-            axes[row][col].set_yticklabels(layers[:: max(1, len(layers) // 8)])
-            fig.colorbar(image, ax=axes[row][col], fraction=0.046)
+        layers = next(r["layers"] for r in records if r["method"] == method)
+        for row, (key, cmap, title, vmin) in enumerate((("sparsity_per_head", "viridis", "sparsity", 0.0),
+                                                        ("mass_per_head", "magma", "attention mass kept", lowest_mass))):
+            values = means[(method, key)]
+            ax = axes[row][col]
+            image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=1)
+            ax.set(title=f"{method}: {title}", xlabel="head", ylabel="layer")
+            ax.set_xticks(range(values.shape[1]))
+            ax.set_yticks(range(0, len(layers), max(1, len(layers) // 8)))
+            ax.set_yticklabels(layers[:: max(1, len(layers) // 8)])
+            fig.colorbar(image, ax=ax, fraction=0.046)
     lengths = sorted({r["length"] for r in records})
     _save(plt, fig, path, f"{run.provenance()}, {', '.join(map(_k, lengths))} tokens, {len(records) // max(1, len(methods))} samples")
 

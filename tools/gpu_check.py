@@ -135,6 +135,8 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
 
 
 def main() -> int:
+    # FlexAttention recompiles per shape; past dynamo's default limit (8) it runs unfused and runs out of memory
+    torch._dynamo.config.recompile_limit = 64
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="small sizes only (for compute-sanitizer)")
     ap.add_argument("--skip-flex", action="store_true", help="do not check the FlexAttention backend")
