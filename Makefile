@@ -5,7 +5,10 @@ VPY := $(VENV)/bin/python
 # Two pytest workers on the 2-core CI machine; override with `make test PYTEST_WORKERS=0`.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test assets eval tables clean
+VENV_PADDLE ?= .venv-paddle
+VPY_PADDLE := $(VENV_PADDLE)/bin/python
+
+.PHONY: setup test setup-paddle test-paddle assets eval tables clean
 
 setup: $(VENV)/.setup-done
 
@@ -18,6 +21,19 @@ $(VENV)/.setup-done: requirements.txt pyproject.toml
 
 test: setup
 	$(VPY) -m pytest -n $(PYTEST_WORKERS) tests
+
+# The Paddle adapter and PaddleFormers hook, in their own venv (PaddleFormers pins transformers 5.3 / numpy 1.26)
+setup-paddle: $(VENV_PADDLE)/.setup-done
+
+$(VENV_PADDLE)/.setup-done: requirements-paddle.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_PADDLE)
+	$(VPY_PADDLE) -m pip install --upgrade pip
+	$(VPY_PADDLE) -m pip install -r requirements-paddle.txt
+	$(VPY_PADDLE) -m pip install --no-deps -e .
+	touch $@
+
+test-paddle: setup-paddle
+	$(VPY_PADDLE) -m pytest -p no:cacheprovider tests_paddle
 
 # Every table, figure and README result block, rebuilt from the committed results
 tables: setup
@@ -32,4 +48,4 @@ eval: setup
 	$(VPY) tools/run_eval.py --config configs/quickstart.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(VENV_PADDLE) .pytest_cache .hypothesis build *.egg-info
