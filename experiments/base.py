@@ -37,6 +37,8 @@ class ModelContext:
     device: torch.device
     text: Callable[[], str]  # the haystack corpus, loaded on first use
     method_cfg: AttentionConfig | None = None
+    # [dense, all] prefill attention calls under the method since the last take_dense_fraction()
+    _prefill_calls: list = field(default_factory=lambda: [0, 0])
     _full_cache: dict = field(default_factory=dict)
     _corpus: str | None = None
 
@@ -66,8 +68,7 @@ class ModelContext:
         sparsity (spec §6: mean over layers)."""
         with torch.no_grad(), rr.hf.collect_stats(self.model) as stats:
             out = self.model(ids.to(self.device), logits_to_keep=keep).logits[0].float()
-        sparsity = stats.sparsity()
-        return out, 0.0 if sparsity != sparsity else sparsity  # NaN: no prefill call recorded
+        return out, self._prefill_sparsity(stats)
 
     def cached(self, key, compute: Callable[[], Any]):
         """``compute()`` once per ``key``: a full-attention result shared by all methods of a sample.
@@ -92,8 +93,22 @@ class ModelContext:
             out = self.model.generate(prompt_ids.to(self.device), max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.eos_token_id)
         text = self.tokenizer.decode(out[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+        return text, self._prefill_sparsity(stats)
+
+    def _prefill_sparsity(self, stats) -> float:
+        """spec §6 sparsity of the collected prefill calls (0 if none), counting those that ran dense."""
+        prefill = stats.prefill_records()
+        self._prefill_calls[0] += sum(all(reason is not None for reason in r.dense_reasons) for r in prefill)
+        self._prefill_calls[1] += len(prefill)
         sparsity = stats.sparsity()
-        return text, 0.0 if sparsity != sparsity else sparsity
+        return 0.0 if sparsity != sparsity else sparsity  # NaN: no prefill call recorded
+
+    def take_dense_fraction(self) -> float | None:
+        """The fraction of prefill attention calls under the method that ran dense (a policy of
+        spec §6: ``min_sparse_len``, ``dense_layers``, another mask) since the last call; None if none ran."""
+        dense, total = self._prefill_calls
+        self._prefill_calls[:] = [0, 0]
+        return dense / total if total else None
 
 
 def corpus_window(ctx: ModelContext, n_tokens: int, rng) -> list[int]:

@@ -59,15 +59,22 @@ class EvalConfig:
                 raise type(err)(f"methods[{spec.label}]: {err}") from None
         if not self.tasks:
             raise ValueError("tasks must list at least one task")
+        tasks = []
         for spec in self.tasks:
             if spec.name not in TASKS:
                 raise ValueError(f"tasks: unknown task {spec.name!r}; expected one of {sorted(TASKS)}")
             try:
-                TASKS[spec.name](**spec.settings)
+                tasks.append(TASKS[spec.name](**spec.settings))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"tasks[{spec.name}]: {err}") from None
         if not self.lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 64 for n in self.lengths):
             raise ValueError(f"lengths must be a list of token counts >= 64, got {list(self.lengths)}")
+        for task in tasks:
+            for length in self.lengths if hasattr(task, "check_length") else ():
+                try:
+                    task.check_length(length)
+                except ValueError as err:
+                    raise ValueError(f"tasks[{task.name}]: {err}") from None
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ValueError(f"samples must be an int >= 1, got {self.samples!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -18,6 +18,15 @@ class Fidelity:
     primary_metric: str = "delta_nll"
     higher_is_better: bool = False
 
+    def __post_init__(self):
+        if isinstance(self.last_tokens, bool) or not isinstance(self.last_tokens, int) or self.last_tokens < 1:
+            raise ValueError(f"last_tokens must be an int >= 1, got {self.last_tokens!r}")
+
+    def check_length(self, length: int) -> None:
+        """The scored tokens need at least one token of context before them."""
+        if self.last_tokens >= length:
+            raise ValueError(f"last_tokens ({self.last_tokens}) must be smaller than every length, got length {length}")
+
     def make_samples(self, ctx: ModelContext, length: int, n: int, seed: int) -> list[dict]:
         rng = np.random.default_rng([seed, length, 1])
         return [{"ids": corpus_window(ctx, length, rng)} for _ in range(n)]

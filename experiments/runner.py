@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +126,14 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
                 samples = {(task.name, length): task.make_samples(context, length, cfg.samples, cfg.seed)}
             bar.set_postfix_str(f"{method.label} {task.name} L={length} #{index}")
             context.use_method(method.config())
+            context.take_dense_fraction()
             start = time.perf_counter()
             metrics = task.evaluate(context, samples[(task.name, length)][index])
+            seconds = round(time.perf_counter() - start, 3)
+            dense = context.take_dense_fraction()
             append_record(records_path, {
-                "method": method.label, "task": task.name, "length": length, "sample": index,
-                "seconds": round(time.perf_counter() - start, 3), **metrics,
+                "method": method.label, "task": task.name, "length": length, "sample": index, "seconds": seconds,
+                **metrics, **({} if dense is None else {"dense_calls": round(dense, 4)}),
             })
     return load_records(records_path)
 
@@ -156,7 +160,7 @@ def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
         metric = task.primary_metric
         row = {"method": method, "task": task_name, "length": length, "n": len(group), "metric": metric,
                "score": group[metric].mean(), "score_std": group[metric].std(ddof=0), "sparsity": group["sparsity"].mean()}
-        for extra in ("kl", "nll", "nll_full"):
+        for extra in ("kl", "nll", "nll_full", "dense_calls"):
             if extra in group:
                 row[extra] = group[extra].mean()
         if full_label is not None and task.higher_is_better:
@@ -167,15 +171,32 @@ def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
     order = {m.label: i for i, m in enumerate(cfg.methods)}
     summary = summary.sort_values(["task", "length", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
     summary.to_csv(run_dir / "summary.csv", index=False)
+    dense_note = _all_dense_note(summary, {m.label for m in cfg.methods if m.name != "full"})
+    if dense_note:
+        warnings.warn(dense_note, stacklevel=2)
     env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
     header = (f"# {cfg.run_name}\n\nProduced by `{command(run_dir)}`.\n"
               f"Model `{cfg.model}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
               f"git {str(env.get('git_commit'))[:10]}, {env.get('date', '?')}; seed {cfg.seed}, {cfg.samples} samples per cell.\n"
               "Sparsity: per sample the mean over layers of the prefill sparsity (spec §6), then the mean over samples.\n\n")
-    (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n")
+    (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n"
+                                      + (f"\n**Warning:** {dense_note}\n" if dense_note else ""))
     if plots:
         _plots(summary, run_dir)
     return summary
+
+
+def _all_dense_note(summary, sparse_methods: set[str]) -> str | None:
+    """A warning naming the cells where a sparse method ran every prefill call dense, else None."""
+    if "dense_calls" not in summary:
+        return None
+    dense = summary[summary.method.isin(sparse_methods) & (summary.dense_calls >= 1.0)]
+    if dense.empty:
+        return None
+    cells = ", ".join(f"{r.method} {r.task} L={r.length}" for r in dense.itertuples())
+    return (f"every prefill attention call ran dense in {cells}: a dense policy of spec §6 applied, most often "
+            "min_sparse_len (calls with fewer keys run dense; default 8192). Set min_sparse_len: 0 in the "
+            "method's settings to evaluate it sparse at these lengths.")
 
 
 def command(run_dir: Path) -> str:

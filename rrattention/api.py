@@ -198,5 +198,7 @@ def rr_attention(
         return run.out
     visible = reference.visible_blocks(shape.q_len, shape.k_len, cfg.block_size, q.device)
     visible = visible.expand(shape.batch, shape.q_heads, -1, -1)
-    mask = visible if run.block_mask is None else run.block_mask
-    return run.out, RRStats.from_masks(mask, visible, [run.dense_reason] * shape.batch, run.backends, run.timings_ms)
+    reasons = [run.dense_reason] * shape.batch
+    if run.block_mask is None:
+        return run.out, RRStats.dense(visible, reasons, run.backends, run.timings_ms)
+    return run.out, RRStats.from_masks(run.block_mask, visible, reasons, run.backends, run.timings_ms)

@@ -37,8 +37,20 @@ class RRStats:
         return cls(block_mask, visible_mask, 1.0 - selected / visible, tuple(dense_reasons), dict(backends or {}),
                    dict(timings_ms or {}))
 
+    @classmethod
+    def dense(cls, visible_mask, dense_reasons, backends=None, timings_ms=None) -> "RRStats":
+        """A call that ran dense attention everywhere: sparsity 0, known without reading the GPU."""
+        return cls(visible_mask, visible_mask, 0.0, tuple(dense_reasons), dict(backends or {}), dict(timings_ms or {}))
+
+    @property
+    def is_dense(self) -> bool:
+        """Every sequence ran dense attention."""
+        return all(reason is not None for reason in self.dense_reasons)
+
     @property
     def sparsity_per_head(self) -> torch.Tensor:
         """fp32 ``[B, Hq]``: the sparsity of each (sequence, head)."""
+        if self.is_dense:
+            return torch.zeros(self.block_mask.shape[:2], device=self.block_mask.device)
         selected = (self.block_mask & self.visible_mask).sum(dim=(-2, -1)).float()
         return 1.0 - selected / self.visible_mask.sum(dim=(-2, -1)).float()

@@ -1,6 +1,7 @@
 """The evaluation harness: config validation, deterministic task generation, metrics, resume."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -38,6 +39,8 @@ def _config(tmp_path, **extra):
         ({"tasks": ["summarisation"]}, "unknown task 'summarisation'"),
         ({"tasks": [{"name": "copy", "settings": {"words": 3}}]}, r"tasks\[copy\]"),
         ({"lengths": [32]}, "lengths must be a list of token counts >= 64"),
+        ({"tasks": [{"name": "fidelity", "settings": {"last_tokens": 0}}]}, r"tasks\[fidelity\]: last_tokens must be an int >= 1"),
+        ({"tasks": [{"name": "fidelity", "settings": {"last_tokens": 256}}]}, r"tasks\[fidelity\]: last_tokens \(256\) must be smaller than every length, got length 256"),
         ({"samples": 0}, "samples must be an int >= 1"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"temperature": 0.0}, r"unknown evaluation config key\(s\) \['temperature'\]"),
@@ -112,6 +115,23 @@ def test_run_is_resumable_and_summarised(tmp_path, context):
     for name in ("summary.csv", "table.md", "fidelity.png", "copy.png", "config.yaml", "environment.json"):
         assert (cfg.run_dir / name).exists(), name
     assert EvalConfig.from_yaml(cfg.run_dir / "config.yaml") == cfg
+
+
+def test_runs_where_a_sparse_method_ran_dense_are_flagged(tmp_path, context):
+    methods = [{"name": "rrattention", "settings": {"block_size": 32, "stride": 4, "tau": 0.5, "min_sparse_len": 0}, "label": "rr"},
+               {"name": "rrattention", "settings": {"block_size": 32, "stride": 4, "tau": 0.5}, "label": "rr-default"}]
+    fidelity = [{"name": "fidelity", "settings": {"last_tokens": 32}}]
+    cfg = _config(tmp_path, methods=methods, tasks=fidelity, lengths=[256], samples=1)
+    records = run(cfg, progress=False, context=context)
+    dense = {r["method"]: r["dense_calls"] for r in records}
+    assert dense == {"rr": 0.0, "rr-default": 1.0}  # 256 keys < the default min_sparse_len of 8192
+    with pytest.warns(UserWarning, match=r"ran dense in rr-default fidelity L=256: .*min_sparse_len"):
+        summarize(cfg, records, plots=False)
+    assert "min_sparse_len: 0" in (cfg.run_dir / "table.md").read_text()
+    sparse_only = _config(tmp_path / "b", methods=methods[:1], tasks=fidelity, lengths=[256], samples=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summarize(sparse_only, run(sparse_only, progress=False, context=context), plots=False)
 
 
 RECALL_TASKS = ["json_kv", "ruler_mk_niah_2", "ruler_mk_niah_3", "ruler_mv_niah", "ruler_vt", "ruler_cwe"]

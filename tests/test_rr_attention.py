@@ -59,6 +59,15 @@ def test_dense_policies():
     torch.testing.assert_close(out, dense[:, :, -1:])
 
 
+def test_decode_is_exact_attention_over_every_key():
+    q, k, v = make_qkv(2, 6, 2, 1, 300, 16, seed=3)  # GQA group 3, batch 2
+    out, stats = rr.rr_attention(q, k, v, rr.RRConfig(min_sparse_len=0), return_stats=True)
+    logits = (q.reshape(2, 2, 3, 16) @ k.transpose(-1, -2)) / 4.0  # head h reads KV head h // 3
+    want = (logits.softmax(-1) @ v).reshape(2, 6, 1, 16)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert stats.is_dense and stats.sparsity == 0.0 and torch.equal(stats.sparsity_per_head, torch.zeros(2, 6))
+
+
 def test_layer_overrides_take_effect():
     q, k, v = make_qkv(1, 2, 1, 1024, 1024, 16)
     cfg = rr.RRConfig(min_sparse_len=0, tau=0.5, layer_overrides={3: {"tau": 1.0}})

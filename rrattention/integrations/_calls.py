@@ -160,8 +160,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         out = dense()
         if collect:
             everything = torch.ones(batch, heads, 1, 1, dtype=torch.bool)
-            stats = RRStats.from_masks(everything, everything, ["attention mask is not causal + padding"] * batch,
-                                       {"attention": dense_name})
+            stats = RRStats.dense(everything, ["attention mask is not causal + padding"] * batch, {"attention": dense_name})
     else:
         query_valid, key_valid = layout
         has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
@@ -176,9 +175,11 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         out = query.new_zeros(batch, q_len, heads, value.shape[-1])
         out[query_valid & has_query[:, None]] = out_packed
     if collect:
+        # A dense call (every decode step) is recorded without reading the GPU.
+        per_head = torch.zeros(batch, heads) if stats.is_dense else stats.sparsity_per_head.cpu()
         state.collector.records.append(CallRecord(
             layer=layer, q_len=q_len, k_len=k_len, batch=batch, sparsity=stats.sparsity,
-            sparsity_per_head=stats.sparsity_per_head.cpu(), dense_reasons=stats.dense_reasons,
+            sparsity_per_head=per_head, dense_reasons=stats.dense_reasons,
             backends=dict(stats.backends), timings_ms=dict(stats.timings_ms),
         ))
     return out
