@@ -14,6 +14,8 @@ every head-shift policy and selector) on identical inputs:
   an fp32 reference computed on the same mask must be ≤ 2× the error of dense SDPA in the same
   dtype against the fp32 dense reference.
 * every output element is written (outputs are poisoned with NaN first).
+* decode (one query, dense by spec §6) in each dtype and GQA ratio: error against fp32 attention
+  over every key ≤ 2× dense SDPA's with the KV heads repeated.
 Exit status 1 if any case fails.
 """
 
@@ -134,6 +136,20 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
     return ok
 
 
+def check_decode(name, b, hq, hkv, lk, d, dtype, report) -> bool:
+    g = torch.Generator(device="cuda").manual_seed(lk + hq)
+    q = torch.randn(b, hq, 1, d, device="cuda", generator=g).to(dtype)
+    k, v = (torch.randn(b, hkv, lk, d, device="cuda", generator=g).to(dtype) for _ in range(2))
+    group, scale = hq // hkv, d ** -0.5
+    kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    want = torch.softmax((q.float() @ kr.float().transpose(-1, -2)) * scale, -1) @ vr.float()
+    out, stats = rr.rr_attention(q, k, v, rr.RRConfig(min_sparse_len=0), return_stats=True)
+    ours, sdpa = rel_err(out, want), rel_err(torch.nn.functional.scaled_dot_product_attention(q, kr, vr), want)
+    ok = ours <= 2 * sdpa + 1e-6 and stats.is_dense and out.dtype == dtype
+    report(f"{'PASS' if ok else 'FAIL'} {name:<46}dense {stats.is_dense}  out err ours {ours:.2e} sdpa {sdpa:.2e}")
+    return ok
+
+
 def main() -> int:
     # FlexAttention recompiles per shape; past dynamo's default limit (8) it runs unfused and runs out of memory
     torch._dynamo.config.recompile_limit = 64
@@ -180,6 +196,10 @@ def main() -> int:
         k = torch.randn(b, hkv, lk, d, device="cuda", generator=g) + 3 * torch.randn(1, hkv, 1, d, device="cuda", generator=g)
         v = torch.randn(b, hkv, lk, d, device="cuda", generator=g)
         ok &= check_case(name, q.to(dtype), k.to(dtype), v.to(dtype), cfg, report, flex=not args.skip_flex)
+    for name, b, hq, hkv, lk, d, dtype in [("decode GQA3 B2 8192 D64 bf16", 2, 9, 3, 8192, 64, torch.bfloat16),
+                                           ("decode MHA 5000 D128 fp16", 1, 8, 8, 5000, 128, torch.float16),
+                                           ("decode GQA7 32768 D128 bf16", 1, 28, 4, 32768, 128, torch.bfloat16)][: 1 if args.small else None]:
+        ok &= check_decode(name, b, hq, hkv, lk, d, dtype, report)
     lens = ([100, 300, 65], [100, 500, 65]) if args.small else ([1000, 4093, 129, 2500], [1000, 4093, 129, 7000])
     # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6
     ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16,
