@@ -99,6 +99,10 @@ def test_configure_errors():
     model.train()
     with pytest.raises(ValueError, match="call model.eval()"):
         model(paddle.randint(0, 128, [1, 16]))
+    layer = rr_pf.attention_modules(model)[0]
+    q = paddle.randn([1, 4, 8, 16])
+    with pytest.raises(ValueError, match="does not support attention sinks"):
+        rr_pf.attention_forward(layer, q, q, q, sink=paddle.zeros([4]))
 
 
 @pytest.fixture(scope="module")
