@@ -78,6 +78,10 @@ class AblationConfig:
         keys = list(self.grid)
         return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
 
+    def labels_where(self, axis: str, value: Any) -> list[str]:
+        """The method labels of the grid points whose ``axis`` is ``value``."""
+        return [point_label(p) for p in self.points() if p[axis] == value]
+
     def eval_config(self) -> EvalConfig:
         methods = [{"name": "full", "label": "full"}] if self.include_full else []
         methods += [{"name": self.method, "settings": {**self.base, **p}, "label": point_label(p)} for p in self.points()]

@@ -98,7 +98,7 @@ class ModelContext:
     def _prefill_sparsity(self, stats) -> float:
         """spec §6 sparsity of the collected prefill calls (0 if none), counting those that ran dense."""
         prefill = stats.prefill_records()
-        self._prefill_calls[0] += sum(all(reason is not None for reason in r.dense_reasons) for r in prefill)
+        self._prefill_calls[0] += sum(r.is_dense for r in prefill)
         self._prefill_calls[1] += len(prefill)
         sparsity = stats.sparsity()
         return 0.0 if sparsity != sparsity else sparsity  # NaN: no prefill call recorded

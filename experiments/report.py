@@ -185,7 +185,7 @@ def ablation_summary(runs: list[Run]) -> str:
         lines += [f"**{run.name}** ({_k(length)} tokens, mean over {', '.join(a for a in run.ablation.grid if a != first) or 'samples'}):\n",
                   "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for value in run.ablation.grid[first]:
-            labels = [point_label(p) for p in run.ablation.points() if p[first] == value]
+            labels = run.ablation.labels_where(first, value)
             cells = [str(value)]
             for task, column, _ in panels:
                 rows = s[s.task == task].reindex(labels)
@@ -358,7 +358,7 @@ def ablation_figure(run: Run, path: Path) -> None:
     for ax, (task, column, label) in zip(axes[0], panels):
         s = run.summary[(run.summary.task == task) & (run.summary.length == length)].set_index("method")
         for value in run.ablation.grid[first]:
-            labels = [point_label(p) for p in run.ablation.points() if p[first] == value]
+            labels = run.ablation.labels_where(first, value)
             rows = s.reindex(labels).dropna(subset=["sparsity"])
             ax.plot(rows["sparsity"], rows[column], "o-", label=f"{first}={value}")
         if "full" in s.index:

@@ -207,11 +207,30 @@ def command(run_dir: Path) -> str:
     return f"python tools/{tool}.py --config configs/{run_dir.name}.yaml"
 
 
-def record_command(run_dir: Path, argv: list[str]) -> None:
-    import shlex
+def cli_parser(description: str, config_help: str):
+    """The command line ``tools/run_eval.py`` and ``tools/run_ablation.py`` share."""
+    import argparse
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / COMMAND).write_text("python " + " ".join(map(shlex.quote, argv)) + "\n")
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", type=Path, required=True, help=config_help)
+    ap.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    ap.add_argument("--summarize-only", action="store_true", help="rebuild the tables and plots from the records")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def records_for_cli(cfg: EvalConfig, args, tool: str, argv: list[str] | None) -> list[dict]:
+    """The run's records for a tool's parsed ``args``: read back (``--summarize-only``), or run after
+    writing the command line (``tool``, then ``argv``, default ``sys.argv[1:]``) to ``command.txt``."""
+    import shlex
+    import sys
+
+    command_line = [tool, *(sys.argv[1:] if argv is None else argv)]
+    if args.summarize_only:
+        return load_records(cfg.run_dir / RECORDS)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / COMMAND).write_text("python " + " ".join(map(shlex.quote, command_line)) + "\n")
+    return run(cfg, progress=not args.no_progress)
 
 
 def _plots(summary, run_dir: Path) -> None:

@@ -9,7 +9,6 @@ axis down, the others across, ``score (sparsity)`` per cell). Rerunning skips fi
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,27 +17,18 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.ablation import SPEC, AblationConfig, write_pivot  # noqa: E402
-from experiments.runner import RECORDS, load_records, record_command, run, summarize  # noqa: E402
+from experiments.runner import cli_parser, records_for_cli, summarize  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", type=Path, required=True, help="ablation YAML (configs/ablation_*.yaml)")
-    ap.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    ap.add_argument("--summarize-only", action="store_true", help="rebuild the tables and plots from the records")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    args = cli_parser(__doc__.split("\n\n")[0], "ablation YAML (configs/ablation_*.yaml)").parse_args(argv)
     ablation = AblationConfig.from_yaml(args.config)
     if args.output_dir is not None:
         ablation = AblationConfig.from_dict({**ablation.to_dict(), "output_dir": args.output_dir})
     cfg = ablation.eval_config()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / SPEC).write_text(yaml.safe_dump(ablation.to_dict(), sort_keys=False))
-    if args.summarize_only:
-        records = load_records(cfg.run_dir / RECORDS)
-    else:
-        record_command(cfg.run_dir, ["tools/run_ablation.py", *(sys.argv[1:] if argv is None else argv)])
-        records = run(cfg, progress=not args.no_progress)
+    records = records_for_cli(cfg, args, "tools/run_ablation.py", argv)
     summary = summarize(cfg, records)
     table = write_pivot(ablation, summary, cfg.run_dir)
     print(table)

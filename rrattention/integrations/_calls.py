@@ -38,6 +38,11 @@ class CallRecord:
     backends: dict
     timings_ms: dict = field(default_factory=dict)
 
+    @property
+    def is_dense(self) -> bool:
+        """Every sequence of the call ran dense attention."""
+        return all(reason is not None for reason in self.dense_reasons)
+
 
 @dataclass
 class StatsCollector:
@@ -115,6 +120,14 @@ def collecting(modules: Sequence, configure_default: Callable[[], object], timin
         yield collector
     finally:
         state.collector = previous
+
+
+def allowed_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The bool "may attend" form of a framework's attention mask: bool as is, additive (0 where
+    allowed, a large negative number elsewhere) compared with 0; None stays None (causal)."""
+    if mask is None:
+        return None
+    return mask if mask.dtype == torch.bool else mask == 0
 
 
 def padding_layout(allowed: torch.Tensor, q_len: int, k_len: int) -> tuple[torch.Tensor, torch.Tensor] | None:

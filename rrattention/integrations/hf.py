@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..config import AttentionConfig
-from ._calls import CallRecord, StatsCollector, attach, attention_call, collecting, method_config, module_state
+from ._calls import CallRecord, StatsCollector, allowed_mask, attach, attention_call, collecting, method_config, module_state
 
 ATTN_IMPLEMENTATION = "rrattention"
 __all__ = ["ATTN_IMPLEMENTATION", "CallRecord", "StatsCollector", "attention_forward", "attention_modules", "collect_stats",
@@ -81,16 +81,14 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     for feature in ("softcap", "s_aux"):
         if kwargs.get(feature) is not None:
             raise ValueError(f"rrattention does not support attention with `{feature}` (model {type(module).__name__})")
-    allowed = None
-    if attention_mask is not None:
-        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
 
     def dense():
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
-    out = attention_call(module_state(module), getattr(module, "layer_idx", None), query, key, value, allowed, scaling, dense, "sdpa")
+    out = attention_call(module_state(module), getattr(module, "layer_idx", None), query, key, value,
+                         allowed_mask(attention_mask), scaling, dense, "sdpa")
     return out.contiguous(), None
 
 

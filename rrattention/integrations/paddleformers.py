@@ -23,7 +23,7 @@ import torch
 
 from ..config import AttentionConfig
 from ..paddle import paddle_output, torch_inputs
-from ._calls import CallRecord, StatsCollector, attach, attention_call, collecting, method_config, module_state
+from ._calls import CallRecord, StatsCollector, allowed_mask, attach, attention_call, collecting, method_config, module_state
 
 ATTN_IMPLEMENTATION = "rrattention"
 __all__ = ["ATTN_IMPLEMENTATION", "CallRecord", "StatsCollector", "attention_forward", "attention_modules", "collect_stats",
@@ -53,21 +53,20 @@ def configure(model: paddle.nn.Layer, cfg: AttentionConfig | None = None, *, met
         raise ValueError(f"model ({type(model).__name__}) has no attention layer with `layer_idx` and `num_key_value_groups`; "
                          "rrattention needs a PaddleFormers model that uses its AttentionInterface")
     attach(modules, cfg, backend)
-    for module in modules:
-        module.config._attn_implementation = ATTN_IMPLEMENTATION
-        if hasattr(module, "attn_implementation"):  # ERNIE 4.5 reads its own copy, taken at construction
-            module.attn_implementation = ATTN_IMPLEMENTATION
-    model.config._attn_implementation = ATTN_IMPLEMENTATION
-    return model
+    return _set_implementation(model, modules, ATTN_IMPLEMENTATION)
 
 
 def use_sdpa(model: paddle.nn.Layer) -> paddle.nn.Layer:
     """Switch the model back to PaddleFormers' SDPA attention (the settings stay attached)."""
-    for module in attention_modules(model):
-        module.config._attn_implementation = "sdpa"
-        if hasattr(module, "attn_implementation"):
-            module.attn_implementation = "sdpa"
-    model.config._attn_implementation = "sdpa"
+    return _set_implementation(model, attention_modules(model), "sdpa")
+
+
+def _set_implementation(model: paddle.nn.Layer, modules: list[paddle.nn.Layer], name: str) -> paddle.nn.Layer:
+    for module in modules:
+        module.config._attn_implementation = name
+        if hasattr(module, "attn_implementation"):  # ERNIE 4.5 reads its own copy, taken at construction
+            module.attn_implementation = name
+    model.config._attn_implementation = name
     return model
 
 
@@ -86,7 +85,7 @@ def _allowed(attention_mask, startend_row_indices, query: paddle.Tensor) -> torc
     if attention_mask is None:
         return None
     (mask,) = torch_inputs("bhld", attention_mask=attention_mask)
-    return mask if mask.dtype == torch.bool else mask == 0
+    return allowed_mask(mask)
 
 
 def attention_forward(module, query, key, value, attention_mask=None, attn_mask_startend_row_indices=None, dropout=0.0,
