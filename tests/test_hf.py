@@ -96,6 +96,37 @@ def test_greedy_generation_prefill_sparse_decode_dense_same_tokens_as_sdpa():
     assert len(decode) == 2 * 7 and all(r.dense_reasons == ("single query (Lq == 1, decode)",) for r in decode)
 
 
+def test_padded_batch_generation_decodes_dense_with_the_mask(monkeypatch):
+    from rrattention import varlen
+
+    packed_calls, packed = [], varlen.rr_attention_varlen
+
+    def counting(q, *args, **kwargs):
+        packed_calls.append(q.shape[0])  # packed query tokens
+        return packed(q, *args, **kwargs)
+
+    monkeypatch.setattr(varlen, "rr_attention_varlen", counting)
+    model = _tiny("llama")
+    ids = torch.randint(1, 128, (2, 200), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 200, dtype=torch.long)
+    ids[1, :60], mask[1, :60] = 0, 0  # left padding
+    kwargs = dict(attention_mask=mask.to(DEVICE), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        want = model.generate(ids.to(DEVICE), **kwargs)
+    rr.hf.configure(model, EXACT)
+    with rr.hf.collect_stats(model) as stats, torch.no_grad():
+        got = model.generate(ids.to(DEVICE), **kwargs)
+    assert torch.equal(got, want)
+    prefill = [r for r in stats.records if r.q_len > 1]
+    decode = [r for r in stats.records if r.q_len == 1]
+    assert len(prefill) == 2 and all(r.dense_reasons == (None, None) for r in prefill)  # packed, sparse
+    # decode: the framework's SDPA with the padding mask, not the packed kernels
+    assert len(decode) == 2 * 4 and all(r.dense_reasons == ("single query (Lq == 1, decode)",) * 2 and r.backends == {"attention": "sdpa"}
+                                        for r in decode)
+    assert packed_calls == [200 + 140] * 2  # only the prefill of each layer was packed
+
+
 def test_chunked_prefill_is_sparse_and_bottom_right_aligned():
     model = _tiny("llama")
     ids = torch.randint(0, 128, (1, 400), generator=torch.Generator().manual_seed(4)).to(DEVICE)

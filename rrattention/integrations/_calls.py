@@ -153,18 +153,26 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
 
     No mask → :func:`rrattention.rr_attention`; causal + padding → the valid tokens packed through
     :func:`rrattention.rr_attention_varlen`, so padding never influences selection or outputs; any
-    other mask → ``dense()`` (the framework's own dense attention, ``[B, Lq, Hq, D]``), recorded as a
-    dense call of backend ``dense_name``. Appends a :class:`CallRecord` when a collector is active.
+    other mask, or a mask on a call that spec §6 makes dense for every sequence (decode, a dense
+    layer, ``Lk < min_sparse_len``) → ``dense()`` (the framework's own dense attention with the mask,
+    ``[B, Lq, Hq, D]``), recorded as a dense call of backend ``dense_name``. Appends a
+    :class:`CallRecord` when a collector is active.
     """
     from .. import api, varlen
+    from ..pipeline import dense_reason, resolve
 
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
     collect = state.collector is not None
     timing = collect and state.collector.timing
     common = dict(scale=scaling, layer=layer, backend=state.backend)
-    layout = None if allowed is None else padding_layout(allowed, q_len, k_len)
-    stats = None
+    layout = reason = stats = None
+    if allowed is not None:
+        # With the padded shape's lengths a §6 policy that applies applies to every sequence; packing
+        # would only run the varlen kernels to find that out.
+        reason = dense_reason(resolve(state.cfg, layer, any_method=True)[0], layer, q_len, k_len)
+        if reason is None:
+            layout = padding_layout(allowed, q_len, k_len)
     if allowed is None:
         result = api.rr_attention(query, key, value, state.cfg, return_stats=collect, time_stages=timing, **common)
         out, stats = result if collect else (result, None)
@@ -173,7 +181,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         out = dense()
         if collect:
             everything = torch.ones(batch, heads, 1, 1, dtype=torch.bool)
-            stats = RRStats.dense(everything, ["attention mask is not causal + padding"] * batch, {"attention": dense_name})
+            stats = RRStats.dense(everything, [reason or "attention mask is not causal + padding"] * batch, {"attention": dense_name})
     else:
         query_valid, key_valid = layout
         has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
