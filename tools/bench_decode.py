@@ -72,13 +72,16 @@ def generation_rows(lengths: list[int], new_tokens: int, repeats: int) -> list[d
                                       max_position_embeddings=max(lengths) + new_tokens + 1, rope_theta=1e5)
     model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
 
+    decode_backends: set[str] = set()
+
     def seconds(ids, n: int, stats: bool) -> float:
         torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.no_grad():
             if stats:
-                with rr.hf.collect_stats(model):
+                with rr.hf.collect_stats(model) as collector:
                     model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+                decode_backends.update(str(r.backends) for r in collector.records if r.q_len == 1)
             else:
                 model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
         torch.cuda.synchronize()
@@ -97,6 +100,8 @@ def generation_rows(lengths: list[int], new_tokens: int, repeats: int) -> list[d
             first = min(seconds(ids, 1, stats) for _ in range(repeats))
             whole = min(seconds(ids, 1 + new_tokens, stats) for _ in range(repeats))
             row[f"{name}_ms_per_token"] = (whole - first) / new_tokens * 1e3
+        row["decode_backends"] = "; ".join(sorted(decode_backends))  # what ran the decode calls
+        decode_backends.clear()
         rows.append(row)
         print(row, flush=True)
     return rows
