@@ -92,7 +92,8 @@ class AttentionFidelity:
             length = q.shape[2]
             method = rr.methods.for_config(cfg)
             visible = rr.reference.visible_blocks(length, length, cfg.block_size, q.device)[None, None]
-            dense = rr.dense_reason(cfg.for_layer(layer), layer, length, length) is not None  # what the pipeline would do
+            dense = rr.dense_reason(cfg.for_layer(layer), layer, length, length, head_dim=q.shape[-1], q_heads=q.shape[1],
+                                    kv_heads=k.shape[1]) is not None  # what a plan would decide
             mask = visible.expand(1, q.shape[1], -1, -1) if dense else method.estimate(q, k, cfg, layer, scale=scale)
             full, lse_full = rr.block_sparse_attention(q, k, v, visible, scale=scale, return_lse=True, block_size=cfg.block_size)
             out, lse = rr.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True, block_size=cfg.block_size)

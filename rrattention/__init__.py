@@ -3,10 +3,11 @@
 The normative definition is ``spec.md``; :mod:`rrattention.reference` implements it stage by stage.
 """
 
-from . import backends, methods, reference
+from . import backends, crossover, methods, reference
 from .api import block_sparse_attention, estimate_block_scores, rr_attention, select_blocks, to_kv_index
 from .config import HEAD_SHIFTS, SELECTORS, RRConfig
-from .pipeline import dense_reason
+from .plan import AttentionPlan, PaddingPlan
+from .policy import dense_reason
 from .stats import RRStats
 from .varlen import rr_attention_varlen
 
@@ -22,12 +23,15 @@ def __getattr__(name):
     raise AttributeError(f"module 'rrattention' has no attribute {name!r}")
 
 __all__ = [
+    "AttentionPlan",
     "HEAD_SHIFTS",
+    "PaddingPlan",
     "RRConfig",
     "RRStats",
     "SELECTORS",
     "__version__",
     "backends",
+    "crossover",
     "block_sparse_attention",
     "methods",
     "dense_reason",

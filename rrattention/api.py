@@ -1,7 +1,8 @@
 """Public functions on padded ``[B, H, L, D]`` tensors (HF transformers layout).
 
-Each validates its arguments, then runs the stage of ``spec.md`` it names. The packed
-variable-length form is in :mod:`rrattention.varlen`.
+Each validates its arguments, then runs the stage of ``spec.md`` it names on the backend dispatch
+chooses; :func:`rr_attention` builds an :class:`~rrattention.plan.AttentionPlan` for the call and
+runs it. The packed variable-length form is in :mod:`rrattention.varlen`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,27 @@ import torch
 from . import backends, reference
 from ._checks import (
     check_block_grid,
+    check_config,
     check_finite,
+    check_layer,
     check_length,
     check_qkv,
     check_scale,
 )
 from .config import AttentionConfig, RRConfig
-from .pipeline import Selection, attend, estimate, problem, resolve, run_attention, select
+from .methods import rr
+from .plan import AttentionPlan
 from .stats import RRStats
+
+
+def _resolve(cfg, layer, *, any_method: bool = False) -> tuple[AttentionConfig, int | None]:
+    cfg, layer = check_config(cfg, any_method=any_method), check_layer(layer)
+    return (cfg.for_layer(layer) if layer in cfg.layer_overrides else cfg), layer
+
+
+def _problem(q, shape, cfg) -> backends.Problem:
+    return backends.Problem(device=q.device, block_size=cfg.block_size, dtype=q.dtype, head_dim=shape.head_dim,
+                            stride=getattr(cfg, "stride", None), group=shape.q_heads // shape.kv_heads)
 
 
 def estimate_block_scores(
@@ -46,9 +60,9 @@ def estimate_block_scores(
         queries of that query block (``Bk/S`` per full block).
     """
     shape = check_qkv(q, k)
-    cfg, layer = resolve(cfg, layer)
-    chosen = backends.choose("estimate", problem(q, shape, cfg), backend)
-    return estimate(chosen, q, k, cfg, layer, check_scale(scale, shape.head_dim), shape)
+    cfg, layer = _resolve(cfg, layer)
+    estimator, _ = rr.METHOD.prepare(cfg, layer, check_scale(scale, shape.head_dim))
+    return backends.choose("estimate", _problem(q, shape, cfg), backend).rr_scores(q, k, estimator)
 
 
 def select_blocks(
@@ -73,15 +87,16 @@ def select_blocks(
     Returns:
         bool ``[B, Hq, ceil(q_len/Bk), ceil(k_len/Bk)]``.
     """
-    cfg, layer = resolve(cfg, layer)
+    cfg, layer = _resolve(cfg, layer)
     q_len, k_len = check_length("q_len", q_len), check_length("k_len", k_len)
     if q_len > k_len:
         raise ValueError(f"q_len must be <= k_len, got q_len={q_len} > k_len={k_len}")
     check_block_grid("scores", scores, q_len, k_len, cfg.block_size)
     if not scores.is_floating_point():
         raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
-    prob = backends.Problem(scores.device, cfg.block_size)
-    return select(backends.choose("select", prob, backend), scores.float(), cfg, q_len, k_len).block_mask
+    _, selection = rr.METHOD.prepare(cfg, layer, 1.0)
+    chosen = backends.choose("select", backends.Problem(scores.device, cfg.block_size), backend)
+    return chosen.select(scores.float(), selection, q_len, k_len).block_mask
 
 
 def to_kv_index(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +162,8 @@ def block_sparse_attention(
         raise ValueError(f"block_mask must be on the device of q ({q.device}), got {block_mask.device}")
     prob = backends.Problem(q.device, block_size, q.dtype, shape.head_dim)
     chosen = backends.choose("attention", prob, backend)
-    out, lse = attend(chosen, q, k, v, Selection(block_mask), block_size, check_scale(scale, shape.head_dim))
+    out, lse = chosen.attend(q, k, v, backends.Selection(block_mask), block_size=block_size,
+                             scale=check_scale(scale, shape.head_dim))
     return (out, lse) if return_lse else out
 
 
@@ -167,7 +183,8 @@ def rr_attention(
     """RRAttention: estimate (§2–§3), select (§4), block-sparse attention (§5), with the policies of §6.
 
     Runs dense causal attention instead when ``layer`` is in ``cfg.dense_layers``, when
-    ``Lk < cfg.min_sparse_len``, or for a single query (``Lq == 1``, decode).
+    ``Lk < cfg.min_sparse_len`` (default: the measured crossover for this head dim and these
+    heads, :mod:`rrattention.crossover`), or for a single query (``Lq == 1``, decode).
 
     Args:
         q: ``[B, Hq, Lq, D]``, fp16/bf16/fp32.
@@ -189,16 +206,12 @@ def rr_attention(
         ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)``.
     """
     shape = check_qkv(q, k, v)
-    cfg, layer = resolve(cfg, layer, any_method=True)
+    cfg, layer = check_config(cfg, any_method=True), check_layer(layer)
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
-    run = run_attention(q, k, v, cfg, layer, scale, shape, backend, time_stages)
-    if not return_stats:
-        return run.out
-    visible = reference.visible_blocks(shape.q_len, shape.k_len, cfg.block_size, q.device)
-    visible = visible.expand(shape.batch, shape.q_heads, -1, -1)
-    reasons = [run.dense_reason] * shape.batch
-    if run.block_mask is None:
-        return run.out, RRStats.dense(visible, reasons, run.backends, run.timings_ms)
-    return run.out, RRStats.from_masks(run.block_mask, visible, reasons, run.backends, run.timings_ms)
+    plan = AttentionPlan(cfg, q_heads=shape.q_heads, kv_heads=shape.kv_heads, head_dim=shape.head_dim, dtype=q.dtype,
+                         device=q.device, scale=scale, batch=shape.batch, q_len=shape.q_len, k_len=shape.k_len,
+                         backend=backend, time_stages=time_stages)
+    run = plan.run(q, k, v, layer)
+    return (run.out, plan.stats(run)) if return_stats else run.out

@@ -60,7 +60,7 @@ class AttentionConfig:
     """Shared behaviour of the frozen, validated settings dataclasses of every method.
 
     A concrete config declares ``method`` (its registry name) and the fields ``block_size``,
-    ``min_sparse_len``, ``dense_layers`` and ``layer_overrides``; its ``__post_init__`` checks its
+    ``min_sparse_len`` (an int, or None for the measured crossover), ``dense_layers`` and ``layer_overrides``; its ``__post_init__`` checks its
     own fields, then calls :meth:`_validate_common`.
     """
 
@@ -69,7 +69,8 @@ class AttentionConfig:
     def _validate_common(self) -> None:
         set_ = object.__setattr__.__get__(self)
         set_("block_size", _check_int("block_size", self.block_size, minimum=1))
-        set_("min_sparse_len", _check_int("min_sparse_len", self.min_sparse_len, minimum=0))
+        if self.min_sparse_len is not None:
+            set_("min_sparse_len", _check_int("min_sparse_len", self.min_sparse_len, minimum=0))
         if hasattr(self, "seed"):
             set_("seed", _check_int("seed", self.seed, minimum=0))
         if isinstance(self.dense_layers, (str, bytes)) or not hasattr(self.dense_layers, "__iter__"):
@@ -165,9 +166,9 @@ class RRConfig(AttentionConfig):
         dense_last_query_block: keep every visible block of the last query-block row.
         exact_stride_causal: in the estimator, drop the keys of the diagonal stride that lie after
             the sampled query (they count as zero, the divisor stays ``S``); an ablation.
-        min_sparse_len: calls with key length below this run dense attention (§6). The default
-            is the measured crossover on an H100 (results/kernels/h100/bench_kernels.md): below
-            8192 tokens, estimation plus sparse attention at half density is slower than cuDNN.
+        min_sparse_len: calls with key length below this run dense attention (§6). ``None`` (the
+            default): the dense/sparse crossover measured on the target GPU for the call's head dim
+            and query/KV heads (:mod:`rrattention.crossover`, written by tools/measure_crossover.py).
         dense_layers: layer indices that always run dense attention.
         seed: seeds ``head_shift="random"``.
         layer_overrides: ``{layer: {field: value}}``; any field except ``dense_layers``, ``seed``
@@ -183,7 +184,7 @@ class RRConfig(AttentionConfig):
     force_diagonal: bool = True
     dense_last_query_block: bool = True
     exact_stride_causal: bool = False
-    min_sparse_len: int = 8192
+    min_sparse_len: int | None = None
     dense_layers: tuple[int, ...] = ()
     seed: int = 0
     layer_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)

@@ -1,11 +1,17 @@
-"""What one attention call selected, and its sparsity as spec §6 counts it."""
+"""What one attention call selected, and its sparsity as spec §6 counts it.
+
+The one statistics builder of the package: :func:`padded_stats` and :func:`packed_stats` serve
+every entry point (public functions, plans, framework hooks).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
+
+from . import reference
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,35 @@ class RRStats:
             return torch.zeros(self.block_mask.shape[:2], device=self.block_mask.device)
         selected = (self.block_mask & self.visible_mask).sum(dim=(-2, -1)).float()
         return 1.0 - selected / self.visible_mask.sum(dim=(-2, -1)).float()
+
+
+def padded_stats(block_mask: torch.Tensor | None, batch: int, heads: int, q_len: int, k_len: int, block_size: int,
+                 dense_reason: str | None, backends: Mapping[str, str], timings_ms: Mapping[str, float],
+                 device) -> RRStats:
+    """Statistics of a padded call; ``block_mask`` None: it ran dense (its visible blocks are
+    reported, built on the CPU: nothing on the device selected them)."""
+    if block_mask is None:
+        visible = reference.visible_blocks(q_len, k_len, block_size, "cpu").expand(batch, heads, -1, -1)
+        return RRStats.dense(visible, [dense_reason] * batch, backends, timings_ms)
+    visible = reference.visible_blocks(q_len, k_len, block_size, device).expand(batch, heads, -1, -1)
+    return RRStats.from_masks(block_mask, visible, [dense_reason] * batch, backends, timings_ms)
+
+
+def packed_stats(spans: Sequence[tuple[int, int, int, int]], masks: Sequence[torch.Tensor | None],
+                 dense_reasons: Sequence[str | None], block_size: int, heads: int, backends: Mapping[str, str],
+                 timings_ms: Mapping[str, float], device) -> RRStats:
+    """Statistics of a packed call: one row per sequence, grids padded (False) to the longest.
+
+    ``masks[s]`` is sequence ``s``'s bool ``[1, Hq, ≥nbq_s, ≥nbk_s]`` selection, or None where it ran dense.
+    """
+    grid = lambda length: -(-length // block_size)  # noqa: E731
+    n_qblocks = max(grid(qb - qa) for qa, qb, _, _ in spans)
+    n_kblocks = max(grid(kb - ka) for _, _, ka, kb in spans)
+    block_mask = torch.zeros(len(spans), heads, n_qblocks, n_kblocks, dtype=torch.bool, device=device)
+    visible_mask = torch.zeros_like(block_mask)
+    for s, ((qa, qb, ka, kb), mask) in enumerate(zip(spans, masks)):
+        visible = reference.visible_blocks(qb - qa, kb - ka, block_size, device)
+        rows, cols = visible.shape
+        visible_mask[s, :, :rows, :cols] = visible
+        block_mask[s, :, :rows, :cols] = visible if mask is None else mask[0, :, :rows, :cols]
+    return RRStats.from_masks(block_mask, visible_mask, dense_reasons, backends, timings_ms)

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from . import backends, reference
-from ._checks import check_finite, check_length, check_qkv, check_scale
-from .config import AttentionConfig, RRConfig
-from .pipeline import dense_reason, problem, resolve, run_attention, run_attention_packed
+from . import backends
+from ._checks import check_config, check_finite, check_layer, check_length, check_qkv, check_scale
+from .config import AttentionConfig
+from .plan import AttentionPlan
 from .stats import RRStats
 
 
@@ -48,7 +48,7 @@ def _spans(cu_seqlens_q, cu_seqlens_k, q_total: int, k_total: int, max_seqlen_q:
     ):
         if bound < longest:
             raise ValueError(f"{name} must be >= the longest sequence ({longest}), got {bound}")
-    return spans
+    return tuple(spans)
 
 
 def rr_attention_varlen(
@@ -98,55 +98,25 @@ def rr_attention_varlen(
             f"got {cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}"
         )
     max_seqlen_q, max_seqlen_k = check_length("max_seqlen_q", max_seqlen_q), check_length("max_seqlen_k", max_seqlen_k)
-    cfg, layer = resolve(cfg, layer, any_method=True)
+    cfg, layer = check_config(cfg, any_method=True), check_layer(layer)
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
-
     if backend is not None:
         backends.get(backend)
-    prob = problem(q, shape, cfg, varlen=True)
-    fused = isinstance(cfg, RRConfig) and backend in (None, "triton") and all(
-        not backends.get("triton").not_supported_reasons(stage, prob) for stage in backends.STAGES
-    )
-    if fused:
-        # Offsets are trusted as in flash-attn (reading them back would synchronise); checked on request.
-        spans = _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k) if check_inputs else None
-        run = run_attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, cfg, layer, scale,
-                                   time_stages)
-        if not return_stats:
-            return run.out
-        spans = spans or _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
-        reasons = [dense_reason(cfg, layer, qb - qa, kb - ka) for qa, qb, ka, kb in spans]
-        masks = [run.block_mask[s : s + 1] for s in range(len(spans))]
-        return run.out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, run.backends, run.timings_ms)
+    # Offsets are trusted as in flash-attn (reading them back would synchronise): checked on request,
+    # and read where they are needed anyway (statistics, a packed batch planned per sequence).
+    def plan_for(spans):
+        packed = backends.Packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, spans)
+        return AttentionPlan(cfg, q_heads=shape.q_heads, kv_heads=shape.kv_heads, head_dim=shape.head_dim,
+                             dtype=q.dtype, device=q.device, scale=scale, packed=packed, backend=backend,
+                             time_stages=time_stages)
 
-    spans = _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
-    out = torch.empty_like(q)
-    masks, reasons, used, timings = [], [], {}, {}
-    for qa, qb, ka, kb in spans:
-        q1, k1, v1 = (x.transpose(0, 1).unsqueeze(0) for x in (q[qa:qb], k[ka:kb], v[ka:kb]))
-        run = run_attention(q1, k1, v1, cfg, layer, scale, check_qkv(q1, k1, v1), backend, time_stages)
-        out[qa:qb] = run.out[0].transpose(0, 1)
-        masks.append(run.block_mask)
-        reasons.append(run.dense_reason)
-        used.update(run.backends)
-        for stage, ms in run.timings_ms.items():
-            timings[stage] = timings.get(stage, 0.0) + ms
-    if not return_stats:
-        return out
-    return out, _varlen_stats(spans, masks, reasons, cfg.block_size, q.shape[1], q.device, used, timings)
+    def spans():
+        return _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
 
-
-def _varlen_stats(spans, masks, reasons, block_size: int, heads: int, device, used, timings) -> RRStats:
-    grid = lambda length: -(-length // block_size)  # noqa: E731
-    n_qblocks = max(grid(qb - qa) for qa, qb, _, _ in spans)
-    n_kblocks = max(grid(kb - ka) for _, _, ka, kb in spans)
-    block_mask = torch.zeros(len(spans), heads, n_qblocks, n_kblocks, dtype=torch.bool, device=device)
-    visible_mask = torch.zeros_like(block_mask)
-    for s, ((qa, qb, ka, kb), mask) in enumerate(zip(spans, masks)):
-        visible = reference.visible_blocks(qb - qa, kb - ka, block_size, device)
-        rows, cols = visible.shape
-        visible_mask[s, :, :rows, :cols] = visible
-        block_mask[s, :, :rows, :cols] = visible if mask is None else mask[0, :, :rows, :cols]
-    return RRStats.from_masks(block_mask, visible_mask, reasons, used, timings)
+    plan = plan_for(spans() if check_inputs or return_stats else None)
+    if plan.packed.spans is None and plan.layer_plan(layer).ops is None:
+        plan = plan_for(spans())
+    run = plan.run(q, k, v, layer)
+    return (run.out, plan.stats(run)) if return_stats else run.out

@@ -12,7 +12,7 @@ def test_defaults_match_the_documented_signature():
     assert (cfg.head_shift, cfg.selector) == ("round_robin", "top_tau")
     assert cfg.force_sink and cfg.force_diagonal and cfg.dense_last_query_block
     assert not cfg.exact_stride_causal
-    assert cfg.min_sparse_len == 8192 and cfg.dense_layers == () and dict(cfg.layer_overrides) == {}
+    assert cfg.min_sparse_len is None and cfg.dense_layers == () and dict(cfg.layer_overrides) == {}
     assert cfg.strides_per_block == 16
 
 

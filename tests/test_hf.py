@@ -97,15 +97,16 @@ def test_greedy_generation_prefill_sparse_decode_dense_same_tokens_as_sdpa():
 
 
 def test_padded_batch_generation_decodes_dense_with_the_mask(monkeypatch):
-    from rrattention import varlen
+    from rrattention.plan import PaddingPlan
 
-    packed_calls, packed = [], varlen.rr_attention_varlen
+    packed_calls, packed = [], PaddingPlan.run
 
-    def counting(q, *args, **kwargs):
-        packed_calls.append(q.shape[0])  # packed query tokens
-        return packed(q, *args, **kwargs)
+    def counting(plan, q, *args, **kwargs):
+        out, run = packed(plan, q, *args, **kwargs)
+        packed_calls.append(run.out.shape[0])  # packed query tokens
+        return out, run
 
-    monkeypatch.setattr(varlen, "rr_attention_varlen", counting)
+    monkeypatch.setattr(PaddingPlan, "run", counting)
     model = _tiny("llama")
     ids = torch.randint(1, 128, (2, 200), generator=torch.Generator().manual_seed(5))
     mask = torch.ones(2, 200, dtype=torch.long)
@@ -201,7 +202,8 @@ def test_loading_by_name_uses_default_config(tmp_path):
     with rr.hf.collect_stats(loaded) as stats:
         _logits(loaded, ids)
     # an unconfigured model runs RRConfig(): 100 tokens are below its min_sparse_len, hence dense
-    assert stats.records[0].dense_reasons == ("Lk=100 < min_sparse_len=8192",)
+    assert stats.records[0].dense_reasons == (f"Lk=100 < min_sparse_len={rr.crossover.min_sparse_len(16, 4, 2)} "
+                                              "(measured crossover for D=16, 4/2 heads)",)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ sizes and in fp32/fp16 only: the interpreter computes bf16 wrongly. On a GPU the
 compiled, bf16 included. Outputs are poisoned with NaN first, so an unwritten element fails.
 """
 
+import dataclasses
 import itertools
 
 import pytest
@@ -16,7 +17,7 @@ import rrattention as rr  # noqa: E402
 from rrattention.kernels.block_sparse_attention import block_sparse_attention as attention_kernel  # noqa: E402
 from rrattention.kernels.estimate import estimate_block_scores as estimate_kernel  # noqa: E402
 from rrattention.kernels.select import select_blocks as select_kernel  # noqa: E402
-from rrattention.pipeline import run_attention_packed  # noqa: E402
+from rrattention import backends  # noqa: E402
 from tests.helpers import make_qkv  # noqa: E402
 
 GPU = torch.cuda.is_available()
@@ -105,8 +106,12 @@ def test_packed_sequences_in_one_launch_match_per_sequence_reference():
     cu = lambda n: torch.tensor([0, *n], device=DEVICE).cumsum(0).to(torch.int32)  # noqa: E731
     q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
     cu_q, cu_k = cu([a for a, _ in lens]), cu([b for _, b in lens])
-    run = run_attention_packed(q, k, v, cu_q, cu_k, 130, 190, cfg, None, 32**-0.5)
-    out, mask = run.out, run.block_mask
+    # What a plan's fused packed path runs: the method over the Triton backend's operations.
+    triton_ops = backends.StageBackends(*[backends.get("triton")] * 3)
+    method, packed = rr.methods.get("rrattention"), backends.Packed(cu_q, cu_k, 130, 190)
+    selection = method.select(triton_ops, q, k, method.prepare(cfg, None, 32**-0.5, cfg.min_sparse_len), packed)
+    out, _ = triton_ops.attention.attend(q, k, v, selection, block_size=64, scale=32**-0.5, packed=packed)
+    mask = selection.block_mask
     for s, (qs, ks, vs) in enumerate(seqs):
         want, stats = rr.rr_attention(qs, ks, vs, cfg, return_stats=True, backend="reference")
         torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]].float(), want[0].transpose(0, 1).float(), atol=2e-2, rtol=2e-2)
@@ -116,11 +121,9 @@ def test_packed_sequences_in_one_launch_match_per_sequence_reference():
 
 
 def test_dispatch_reports_why_backends_decline():
-    from rrattention import backends
-
     problem = backends.Problem(torch.device("cpu"), 96, torch.float16, head_dim=512, stride=8, group=4, varlen=True)
     reasons = backends.explain("attention", problem)
-    assert reasons["reference"] == []
+    assert reasons["reference"] == ["no packed variable-length layout"]  # a packed batch is planned per sequence
     assert any("runs on cuda tensors, got cpu" in r for r in reasons["triton"])
     assert any("block_size 96 not in [64, 128]" in r for r in reasons["triton"])
     assert any("head dim 512 outside [16, 256]" in r for r in reasons["triton"])
@@ -128,7 +131,7 @@ def test_dispatch_reports_why_backends_decline():
     assert backends.explain("estimate", problem)["flex"] == ["does not implement the estimate stage (implements attention)"]
     big_group = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=128, stride=4, group=32)
     assert any("512-row tile" in r for r in backends.explain("estimate", big_group)["triton"])
-    assert backends.choose("attention", problem) == "reference"
+    assert backends.choose("attention", dataclasses.replace(problem, varlen=False)) is backends.get("reference")
     q, k, v = make_qkv(1, 2, 1, 64, 64, 16)
     if not GPU:
         with pytest.raises(ValueError, match="backend .triton. cannot run the estimate stage: runs on cuda tensors, got cpu"):
@@ -142,7 +145,7 @@ def test_dispatch_reports_why_backends_decline():
 @pytest.mark.parametrize("batch, hq, hkv, lq, lk, dim, stride, block", [(1, 2, 1, 200, 330, 64, 8, 64), (2, 4, 2, 129, 129, 32, 4, 128)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_xattention_estimator_matches_its_reference(batch, hq, hkv, lq, lk, dim, stride, block, dtype):
-    from rrattention.methods.xattention import antidiagonal_block_scores
+    from rrattention.reference import antidiagonal_block_scores
 
     q, k, _ = make_qkv(batch, hq, hkv, lq, lk, dim, dtype=dtype, device=DEVICE, seed=lk)
     want = antidiagonal_block_scores(q, k, stride=stride, block_size=block)

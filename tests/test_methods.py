@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import rrattention as rr
-from rrattention import methods
+from rrattention import backends, methods
 from rrattention.methods.flexprefill import js_distance
 from rrattention.methods.vertical_slash import slash_blocks
-from rrattention.methods.xattention import antidiagonal_block_scores
+from rrattention.reference import antidiagonal_block_scores
 from rrattention.reference import visible_blocks
 from tests.helpers import make_qkv
 
@@ -122,9 +122,12 @@ def test_xattention_selects_forced_blocks_first():
     scores = torch.zeros(1, 1, 5, 5)
     scores[0, 0, -1] = torch.tensor([5.0, 0.5, 2.0, 0.3, 8.2])
     cfg = _cfg("xattention", tau=0.9, block_size=16, stride=4)
-    mask = methods.xattention.select(scores, cfg, 80, 80)
+    select = lambda cfg: methods.get("xattention").prepare(cfg, None, 1.0)[-1]  # noqa: E731
+    reference = backends.get("reference")
+    mask = reference.select(scores, select(cfg), 80, 80).block_mask
     assert mask[0, 0, -1].tolist() == [True, False, True, False, True]
-    no_recent = methods.xattention.select(scores, _cfg("xattention", tau=0.9, block_size=16, stride=4, keep_recent=False), 80, 80)
+    no_recent = reference.select(scores, select(_cfg("xattention", tau=0.9, block_size=16, stride=4, keep_recent=False)),
+                                 80, 80).block_mask
     assert no_recent[0, 0, 1].tolist()[:2] == [True, False]  # keep_recent=False: no diagonal block forced
 
 

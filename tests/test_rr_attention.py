@@ -132,4 +132,5 @@ def test_default_config_and_fp16_inputs():
     assert out.dtype == torch.float16 and out.shape == q.shape
     assert bool(torch.isfinite(out).all())
     # below the default min_sparse_len (the measured GPU crossover) a call runs dense
-    assert stats.dense_reasons == ("Lk=300 < min_sparse_len=8192",)
+    threshold = rr.crossover.min_sparse_len(64, 2, 2)
+    assert stats.dense_reasons == (f"Lk=300 < min_sparse_len={threshold} (measured crossover for D=64, 2/2 heads)",)

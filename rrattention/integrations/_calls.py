@@ -8,13 +8,16 @@ boolean "may attend" mask, calls :func:`attention_call`, and converts the output
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from .._checks import check_qkv, check_scale
 from ..config import AttentionConfig, RRConfig
-from ..stats import RRStats
+from ..timing import StageTimer, stage
 
 STATE_ATTR = "rrattention_state"  # the attribute each attention layer of a configured model carries
 
@@ -67,13 +70,47 @@ class StatsCollector:
         return sum(per_layer.values()) / len(per_layer) if per_layer else float("nan")
 
 
+class PlanCache:
+    """The plans of a model's recent forward passes, one per layout, so that a forward pass plans
+    once (on its first attention call) and every later layer reuses the plan.
+
+    A layout is the call's shapes, dtype, device and scale, and its mask: the framework builds
+    one mask per forward pass and hands the same object to every layer, so a mask is matched by
+    identity (through a weak reference: the cache never keeps a mask alive) and by its in-place
+    version counter.
+    """
+
+    def __init__(self, size: int = 4):
+        self._size = size
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def get(self, key: tuple, mask: Any, build: Callable[[], Any]) -> Any:
+        entry = self._entries.get(key)
+        if entry is not None:
+            ref, version, plan = entry
+            if mask is None or (ref is not None and ref() is mask and getattr(mask, "_version", None) == version):
+                self._entries.move_to_end(key)
+                return plan
+        plan = build()
+        try:
+            ref = None if mask is None else weakref.ref(mask)
+        except TypeError:  # a mask type without weak references (some frameworks'): plan every call
+            return plan
+        self._entries[key] = (ref, getattr(mask, "_version", None), plan)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return plan
+
+
 @dataclass
 class ModelState:
-    """A model's method settings, forced backend and active collector, shared by its attention layers."""
+    """A model's method settings, forced backend, active collector and plan cache, shared by its
+    attention layers."""
 
     cfg: AttentionConfig
     backend: str | None = None
     collector: StatsCollector | None = None
+    plans: PlanCache = field(default_factory=PlanCache)
 
 
 def method_config(cfg: AttentionConfig | None, method: str | None, backend: str | None, settings: dict) -> AttentionConfig:
@@ -145,56 +182,87 @@ def padding_layout(allowed: torch.Tensor, q_len: int, k_len: int) -> tuple[torch
     return query_valid, key_valid
 
 
-def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   allowed: torch.Tensor | None, scaling: float | None, dense: Callable[[], torch.Tensor],
-                   dense_name: str) -> torch.Tensor:
-    """One call: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]`` (GQA not repeated),
-    ``allowed`` bool ``[B, 1, Lq, Lk]`` or None (causal, no padding) → ``[B, Lq, Hq, D]``.
+@dataclass(frozen=True)
+class MaskedDense:
+    """The plan of a mask that is not causal + padding: every call runs the framework's dense attention."""
 
-    No mask → :func:`rrattention.rr_attention`; causal + padding → the valid tokens packed through
-    :func:`rrattention.rr_attention_varlen`, so padding never influences selection or outputs; any
-    other mask, or a mask on a call that spec §6 makes dense for every sequence (decode, a dense
-    layer, ``Lk < min_sparse_len``) → ``dense()`` (the framework's own dense attention with the mask,
-    ``[B, Lq, Hq, D]``), recorded as a dense call of backend ``dense_name``. Appends a
-    :class:`CallRecord` when a collector is active.
+    reason: str = "attention mask is not causal + padding"
+
+
+def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
+          allowed: Callable[[], torch.Tensor | None], scaling: float | None, timing: bool):
+    """The call's plan: from the cache, or built (validating the shapes once, reading a mask once)."""
+    from ..plan import AttentionPlan, PaddingPlan
+
+    batch, q_heads, q_len, head_dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    layout = (id(mask) if mask is not None else None, batch, q_heads, kv_heads, q_len, k_len, head_dim, query.dtype,
+              query.device, scaling, timing)
+
+    def build():
+        check_qkv(query, key)
+        scale = check_scale(scaling, head_dim)
+        dims = dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=query.dtype, device=query.device,
+                    scale=scale, backend=state.backend, time_stages=timing)
+        may_attend = allowed() if mask is not None else None
+        if may_attend is None:
+            return AttentionPlan(state.cfg, batch=batch, q_len=q_len, k_len=k_len, **dims)
+        padding = padding_layout(may_attend, q_len, k_len)
+        return MaskedDense() if padding is None else PaddingPlan(state.cfg, *padding, **dims)
+
+    return state.plans.get(layout, mask, build)
+
+
+def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   mask: Any, allowed: Callable[[], torch.Tensor | None], scaling: float | None,
+                   dense: Callable[[], torch.Tensor], dense_name: str) -> torch.Tensor:
+    """One call: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]`` (GQA not repeated) →
+    ``[B, Lq, Hq, D]``.
+
+    ``mask`` is the framework's mask object as passed to the layer (None: causal, no padding);
+    ``allowed()`` turns it into the bool "may attend" form ``[B, 1, Lq, Lk]`` when a plan is built.
+    No mask → the padded plan (:class:`~rrattention.plan.AttentionPlan`); causal + padding → the
+    valid tokens packed (:class:`~rrattention.plan.PaddingPlan`), so padding never influences
+    selection or outputs; any other mask, and every call that spec §6 makes dense for every
+    sequence (decode, a dense layer, ``Lk < min_sparse_len``) → ``dense()``, the framework's own
+    dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a dense call without a
+    mask and with ``1 < Lq < Lk``, which frameworks do not make, runs the library's bottom-right
+    causal SDPA instead). Appends a :class:`CallRecord` when a collector is active.
     """
-    from .. import api, varlen
-    from ..pipeline import dense_reason, resolve
+    from ..plan import PaddingPlan
+    from ..stats import padded_stats
 
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
     collect = state.collector is not None
-    timing = collect and state.collector.timing
-    common = dict(scale=scaling, layer=layer, backend=state.backend)
-    layout = reason = stats = None
-    if allowed is not None:
-        # With the padded shape's lengths a §6 policy that applies applies to every sequence; packing
-        # would only run the varlen kernels to find that out.
-        reason = dense_reason(resolve(state.cfg, layer, any_method=True)[0], layer, q_len, k_len)
-        if reason is None:
-            layout = padding_layout(allowed, q_len, k_len)
-    if allowed is None:
-        result = api.rr_attention(query, key, value, state.cfg, return_stats=collect, time_stages=timing, **common)
-        out, stats = result if collect else (result, None)
-        out = out.transpose(1, 2)
-    elif layout is None:
-        out = dense()
-        if collect:
-            everything = torch.ones(batch, heads, 1, 1, dtype=torch.bool)
-            stats = RRStats.dense(everything, [reason or "attention mask is not causal + padding"] * batch, {"attention": dense_name})
+    plan = _plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing)
+    if isinstance(plan, MaskedDense):
+        reason = plan.reason
+    elif isinstance(plan, PaddingPlan):
+        reason = plan.dense_reason(layer)
     else:
-        query_valid, key_valid = layout
-        has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
-        q_counts, k_counts = query_valid.sum(1)[has_query], key_valid.sum(1)[has_query]
-        cu = lambda n: torch.nn.functional.pad(n.cumsum(0), (1, 0)).to(torch.int32)  # noqa: E731
-        packed = [x.transpose(1, 2)[valid & has_query[:, None]] for x, valid in ((query, query_valid), (key, key_valid), (value, key_valid))]
-        result = varlen.rr_attention_varlen(
-            *packed, cu(q_counts), cu(k_counts), int(q_counts.max()), int(k_counts.max()), state.cfg,
-            return_stats=collect, time_stages=timing, **common,
-        )
-        out_packed, stats = result if collect else (result, None)
-        out = query.new_zeros(batch, q_len, heads, value.shape[-1])
-        out[query_valid & has_query[:, None]] = out_packed
+        reason = plan.layer_plan(layer).dense_reason
+    stats = None
+    if reason is None and isinstance(plan, PaddingPlan):
+        out, run = plan.run(query, key, value, layer)
+        stats = plan.stats(run) if collect else None
+    elif reason is None:
+        # Written straight into the [B, Lq, Hq, D] memory the framework expects: no transpose copy.
+        out = query.new_empty(batch, q_len, heads, value.shape[-1])
+        run = plan.run(query, key, value, layer, out=out.transpose(1, 2))
+        stats = plan.stats(run) if collect else None
+    else:
+        timer = StageTimer(query.device) if collect and state.collector.timing else None
+        if mask is None and 1 < q_len < k_len:
+            run = plan.run(query, key, value, layer)
+            out, used, timings = run.out.transpose(1, 2), run.layer_plan.backends, run.timings_ms
+        else:
+            with stage(timer, "attention"):
+                out = dense()
+            used, timings = {"attention": dense_name}, timer.milliseconds() if timer else {}
+        if collect:
+            block_size = (state.cfg.for_layer(layer) if layer is not None else state.cfg).block_size
+            stats = padded_stats(None, batch, heads, q_len, k_len, block_size, reason, used, timings, "cpu")
     if collect:
         # A dense call (every decode step) is recorded without reading the GPU.
         per_head = torch.zeros(batch, heads) if stats.is_dense else stats.sparsity_per_head.cpu()

@@ -87,8 +87,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
-    out = attention_call(module_state(module), getattr(module, "layer_idx", None), query, key, value,
-                         allowed_mask(attention_mask), scaling, dense, "sdpa")
+    out = attention_call(module_state(module), getattr(module, "layer_idx", None), query, key, value, attention_mask,
+                         lambda: allowed_mask(attention_mask), scaling, dense, "sdpa")
     return out.contiguous(), None
 
 

@@ -100,7 +100,7 @@ def attention_forward(module, query, key, value, attention_mask=None, attn_mask_
         raise ValueError("rrattention is causal attention; got is_causal=False without a mask")
     batch, heads, q_len, dim = query.shape
     tq, tk, tv = torch_inputs("bhld", query=query, key=key, value=value)
-    allowed = _allowed(attention_mask, attn_mask_startend_row_indices, query)
+    mask = attention_mask if attn_mask_startend_row_indices is None else attn_mask_startend_row_indices
 
     def dense() -> torch.Tensor:
         from paddleformers.nn.attention.sdpa_attention import sdpa_attention_forward
@@ -110,7 +110,9 @@ def attention_forward(module, query, key, value, attention_mask=None, attn_mask_
         (out,) = torch_inputs("bhld", out=out)
         return out.reshape(batch, q_len, heads, -1)
 
-    out = attention_call(module_state(module), getattr(module, "layer_idx", None), tq, tk, tv, allowed, scaling, dense, "paddle sdpa")
+    out = attention_call(module_state(module), getattr(module, "layer_idx", None), tq, tk, tv, mask,
+                         lambda: _allowed(attention_mask, attn_mask_startend_row_indices, query), scaling, dense,
+                         "paddle sdpa")
     return paddle_output(out.reshape(batch, q_len, heads * out.shape[-1]), "bhld", qkv_like=False), None
 
 

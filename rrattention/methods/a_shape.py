@@ -9,7 +9,7 @@ import torch
 
 from ..config import AttentionConfig, _check_int
 from ..reference import visible_blocks
-from .base import Method, diagonal_blocks
+from .base import MaskMethod, diagonal_blocks
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class AShapeConfig(AttentionConfig):
     block_size: int = 128
     sink_blocks: int = 1
     local_blocks: int = 8
-    min_sparse_len: int = 8192
+    min_sparse_len: int | None = None  # None: the measured dense/sparse crossover (spec §6)
     dense_layers: tuple[int, ...] = ()
     layer_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -35,7 +35,7 @@ class AShapeConfig(AttentionConfig):
         self._validate_common()
 
 
-def estimate(q: torch.Tensor, k: torch.Tensor, cfg: AShapeConfig, layer=None, *, scale=None, backend=None) -> torch.Tensor:
+def estimate(q: torch.Tensor, k: torch.Tensor, cfg: AShapeConfig, layer=None, *, scale=None) -> torch.Tensor:
     """Blocks ``j < sink_blocks`` and ``diag_i − local_blocks < j ≤ diag_i`` (bottom-right), AND visible."""
     q_len, k_len = q.shape[2], k.shape[2]
     bk = cfg.block_size
@@ -47,4 +47,4 @@ def estimate(q: torch.Tensor, k: torch.Tensor, cfg: AShapeConfig, layer=None, *,
     return mask.expand(q.shape[0], q.shape[1], -1, -1)
 
 
-METHOD = Method("a_shape", AShapeConfig, estimate, "sink blocks + local window of blocks (StreamingLLM), static")
+METHOD = MaskMethod("a_shape", AShapeConfig, estimate, "sink blocks + local window of blocks (StreamingLLM), static")

@@ -3,32 +3,81 @@
 A method turns ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]`` into a bool block mask
 ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]`` (``estimate``); the shared pipeline then applies the dense
 policies of spec §6 and runs the one block-sparse attention kernel on that mask. So methods
-differ only in their estimator and selection, never in the attention they compute.
+differ only in their estimator and selection, never in the attention they compute. Methods use
+the backends' stage operations (:mod:`rrattention.backends`) and never the public API.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from .. import backends
+from ..backends import Packed, Problem, Selection, StageBackends
 from ..config import AttentionConfig
 from ..reference import forced_blocks, last_query_key_positions
+from ..timing import StageTimer, stage
 
 
-@dataclass(frozen=True)
 class Method:
-    """A registered method: its name, its config class and its estimator.
+    """A registered method: its name, its config class and its estimator (estimate → block mask).
 
-    ``estimate(q, k, cfg, layer=None, *, scale=None, backend=None)`` returns the bool block mask;
-    it is a subset of the causally visible blocks.
+    The plan calls :meth:`prepare` once per layer and :meth:`select` on every call; ``select``
+    uses the backends chosen for the stages the method names in ``stages`` and returns the
+    :class:`~rrattention.backends.Selection` the shared attention kernel runs on. A method with
+    ``packed = True`` takes the packed layout in one call (applying spec §6's per-sequence dense
+    policies itself); the others are planned one sequence at a time.
     """
 
     name: str
     config_class: type[AttentionConfig]
-    estimate: Callable[..., torch.Tensor]
     description: str
+    stages: tuple[str, ...] = ()
+    packed: bool = False
+
+    def prepare(self, cfg: AttentionConfig, layer: int | None, scale: float, per_sequence_min_len: int | None = None) -> Any:
+        """Everything :meth:`select` needs besides the tensors, resolved once per layer.
+
+        ``per_sequence_min_len`` (packed methods, packed layout): the key length below which a
+        sequence runs dense; sequences of one query run dense too (spec §6)."""
+        return cfg, layer, scale
+
+    def select(self, ops: StageBackends, q: torch.Tensor, k: torch.Tensor, prepared: Any,
+               packed: Packed | None = None, timer: StageTimer | None = None) -> Selection:
+        """The block selection of one call; ``timer`` times its stages (``estimate``, ``select``)."""
+        raise NotImplementedError
+
+    def estimate(self, q: torch.Tensor, k: torch.Tensor, cfg: AttentionConfig, layer: int | None = None, *,
+                 scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+        """The bool block mask ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]`` for ``q [B, Hq, Lq, D]``,
+        ``k [B, Hkv, Lk, D]`` (validated by the caller), a subset of the causally visible blocks."""
+        cfg = cfg.for_layer(layer) if layer in cfg.layer_overrides else cfg
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        ops = backends.choose_all(problem_of(q, k, cfg), backend)
+        return self.select(ops, q, k, self.prepare(cfg, layer, scale)).block_mask
+
+    def __repr__(self) -> str:
+        return f"<method {self.name!r}>"
+
+
+class MaskMethod(Method):
+    """A method whose estimator is a plain-PyTorch function ``(q, k, cfg, layer, *, scale) → bool mask``."""
+
+    def __init__(self, name: str, config_class: type[AttentionConfig], mask: Callable[..., torch.Tensor], description: str):
+        self.name, self.config_class, self.mask, self.description = name, config_class, mask, description
+
+    def select(self, ops, q, k, prepared, packed=None, timer=None) -> Selection:
+        cfg, layer, scale = prepared
+        with stage(timer, "estimate"):
+            return Selection(self.mask(q, k, cfg, layer, scale=scale))
+
+
+def problem_of(q: torch.Tensor, k: torch.Tensor, cfg: AttentionConfig, varlen: bool = False) -> Problem:
+    """What dispatch needs to know about a call on ``q``/``k``: padded ``[B, H, L, D]`` or packed
+    ``[T, H, D]`` (``varlen``); the head axis is 1 in both."""
+    return Problem(device=q.device, block_size=cfg.block_size, dtype=q.dtype, head_dim=q.shape[-1],
+                   stride=getattr(cfg, "stride", None), group=q.shape[1] // k.shape[1], varlen=varlen)
 
 
 def diagonal_blocks(q_len: int, k_len: int, block_size: int, device) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from ..config import AttentionConfig, _check_fraction, _check_int
 from ..reference import top_mass, visible_blocks
 from .base import (
-    Method,
+    MaskMethod,
     block_means,
     cover_count,
     diagonal_blocks,
@@ -46,7 +46,7 @@ class FlexPrefillConfig(AttentionConfig):
     tau: float = 0.1
     min_budget: int = 1
     max_budget: int | None = None
-    min_sparse_len: int = 8192
+    min_sparse_len: int | None = None  # None: the measured dense/sparse crossover (spec §6)
     dense_layers: tuple[int, ...] = ()
     layer_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -70,7 +70,7 @@ def js_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp(min=0.0))
 
 
-def estimate(q: torch.Tensor, k: torch.Tensor, cfg: FlexPrefillConfig, layer=None, *, scale=None, backend=None) -> torch.Tensor:
+def estimate(q: torch.Tensor, k: torch.Tensor, cfg: FlexPrefillConfig, layer=None, *, scale=None) -> torch.Tensor:
     q_len, k_len = q.shape[2], k.shape[2]
     batch, q_heads = q.shape[:2]
     group = q_heads // k.shape[1]
@@ -112,5 +112,5 @@ def estimate(q: torch.Tensor, k: torch.Tensor, cfg: FlexPrefillConfig, layer=Non
     return (mask & visible) | sink_and_diagonal(q_len, k_len, bk, q.device)
 
 
-METHOD = Method("flexprefill", FlexPrefillConfig, estimate,
+METHOD = MaskMethod("flexprefill", FlexPrefillConfig, estimate,
                 "last-block representative attention; per head vertical-slash or query-aware by JS distance (γ=0.9, τ=0.1)")

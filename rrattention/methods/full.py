@@ -9,7 +9,7 @@ import torch
 
 from ..config import AttentionConfig
 from ..reference import visible_blocks
-from .base import Method
+from .base import MaskMethod
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,9 @@ class FullConfig(AttentionConfig):
         self._validate_common()
 
 
-def estimate(q: torch.Tensor, k: torch.Tensor, cfg: FullConfig, layer=None, *, scale=None, backend=None) -> torch.Tensor:
+def estimate(q: torch.Tensor, k: torch.Tensor, cfg: FullConfig, layer=None, *, scale=None) -> torch.Tensor:
     """Every causally visible block."""
     return visible_blocks(q.shape[2], k.shape[2], cfg.block_size, q.device).expand(q.shape[0], q.shape[1], -1, -1)
 
 
-METHOD = Method("full", FullConfig, estimate, "dense causal attention (SDPA); sparsity 0")
+METHOD = MaskMethod("full", FullConfig, estimate, "dense causal attention (SDPA); sparsity 0")

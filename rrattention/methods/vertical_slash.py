@@ -17,7 +17,7 @@ import torch
 
 from ..config import AttentionConfig, _check_int
 from ..reference import visible_blocks
-from .base import Method, diagonal_sums, last_queries_attention, rank_mask, sink_and_diagonal
+from .base import MaskMethod, diagonal_sums, last_queries_attention, rank_mask, sink_and_diagonal
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class VerticalSlashConfig(AttentionConfig):
     last_q: int = 64
     vertical_size: int = 1000
     slash_size: int = 6096
-    min_sparse_len: int = 8192
+    min_sparse_len: int | None = None  # None: the measured dense/sparse crossover (spec §6)
     dense_layers: tuple[int, ...] = ()
     layer_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -56,7 +56,7 @@ def slash_blocks(kept_offsets: torch.Tensor, q_len: int, k_len: int, block_size:
     return (gather(high + 1) - gather(low) > 0).view(batch, heads, n_qblocks, n_kblocks)
 
 
-def estimate(q: torch.Tensor, k: torch.Tensor, cfg: VerticalSlashConfig, layer=None, *, scale=None, backend=None) -> torch.Tensor:
+def estimate(q: torch.Tensor, k: torch.Tensor, cfg: VerticalSlashConfig, layer=None, *, scale=None) -> torch.Tensor:
     q_len, k_len = q.shape[2], k.shape[2]
     bk = cfg.block_size
     attn = last_queries_attention(q, k, cfg.last_q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
@@ -70,5 +70,5 @@ def estimate(q: torch.Tensor, k: torch.Tensor, cfg: VerticalSlashConfig, layer=N
     return (mask & visible_blocks(q_len, k_len, bk, q.device)) | sink_and_diagonal(q_len, k_len, bk, q.device)
 
 
-METHOD = Method("vertical_slash", VerticalSlashConfig, estimate,
+METHOD = MaskMethod("vertical_slash", VerticalSlashConfig, estimate,
                 "MInference online vertical + slash from the last 64 queries, fixed budgets (1000 / 6096 tokens)")

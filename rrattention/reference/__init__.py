@@ -13,12 +13,14 @@ These functions assume validated inputs; the public API (``rrattention.*``) vali
 dispatches to them. They run on any device PyTorch supports and compute internally in fp32.
 """
 
+from .antidiagonal import antidiagonal_block_scores
 from .attention import block_sparse_attention, dense_causal_attention
 from .estimate import block_scores, stride_mean_keys, stride_probabilities
 from .sampling import head_offsets, random_head_offset, sampled_query_positions
 from .selection import forced_blocks, last_query_key_positions, select_blocks, to_kv_index, top_mass, visible_blocks
 
 __all__ = [
+    "antidiagonal_block_scores",
     "block_scores",
     "block_sparse_attention",
     "dense_causal_attention",

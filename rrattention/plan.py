@@ -1,0 +1,241 @@
+"""AttentionPlan: every decision about a forward pass's attention calls, made once.
+
+A plan is built from a method's config and the sequence layout (a padded batch, a packed batch
+with ``cu_seqlens``, or a padded batch with a padding mask), with the heads, head dim, dtype and
+device of the calls. For each layer it freezes, on first use, the resolved config, the dense
+decision of spec §6, the chosen backends and the method's prepared settings;
+:meth:`AttentionPlan.run` is then a straight line of kernel launches: no validation, no policy,
+no host synchronisation (with the Triton backend). The public functions validate and build a plan
+per call; framework hooks build one per forward pass and reuse it in every layer.
+
+    plan = AttentionPlan(cfg, q_heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16, device=q.device,
+                         scale=128**-0.5, batch=1, q_len=L, k_len=L)
+    for layer in range(n_layers):
+        out = plan.run(q, k, v, layer).out        # [B, Hq, Lq, D]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import backends, methods, policy, reference
+from .backends import Packed, Problem, Selection, StageBackends
+from .config import AttentionConfig
+from .methods.base import Method
+from .stats import RRStats, packed_stats, padded_stats
+from .timing import StageTimer, stage
+
+DENSE_BACKENDS = {"attention": "sdpa"}
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer's calls run: frozen on the layer's first call."""
+
+    cfg: AttentionConfig  # resolved for the layer (overrides applied)
+    layer: int | None
+    method: Method
+    dense_reason: str | None  # padded layout: why every sequence runs dense (None: sparse)
+    ops: StageBackends | None  # None: dense, or a packed batch planned per sequence
+    prepared: Any  # the method's settings (Method.prepare)
+    backends: dict  # what ran each stage, as the statistics report it
+
+
+@dataclass
+class PlanRun:
+    """What one call produced. ``selection`` is None for a dense call (and for a packed batch run
+    one sequence at a time: then ``sequence_runs`` holds each sequence's run)."""
+
+    out: torch.Tensor
+    layer_plan: LayerPlan
+    selection: Selection | None = None
+    timings_ms: dict = field(default_factory=dict)
+    sequence_runs: list["PlanRun"] | None = None
+
+
+class AttentionPlan:
+    """The plan of the attention calls of one layout (see the module docstring).
+
+    Args:
+        cfg: any method's config (:mod:`rrattention.methods`); validated by the caller.
+        q_heads, kv_heads, head_dim, dtype, device: what every call will pass.
+        scale: softmax (and estimator logit) scale.
+        batch, q_len, k_len: the padded layout ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]``.
+        packed: the packed layout ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]`` instead.
+        backend: force a backend for the stages it implements.
+        time_stages: time each stage of every run (synchronises the GPU).
+    """
+
+    def __init__(self, cfg: AttentionConfig, *, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, scale: float, batch: int | None = None, q_len: int | None = None,
+                 k_len: int | None = None, packed: Packed | None = None, backend: str | None = None,
+                 time_stages: bool = False):
+        self.cfg, self.scale, self.backend, self.time_stages = cfg, scale, backend, time_stages
+        self.q_heads, self.kv_heads, self.head_dim, self.dtype, self.device = q_heads, kv_heads, head_dim, dtype, device
+        self.batch, self.q_len, self.k_len, self.packed = batch, q_len, k_len, packed
+        self._layers: dict[int | None, LayerPlan] = {}
+        self._sequences: list[AttentionPlan] | None = None  # a packed batch planned per sequence
+
+    def problem(self, cfg: AttentionConfig, varlen: bool = False) -> Problem:
+        return Problem(device=self.device, block_size=cfg.block_size, dtype=self.dtype, head_dim=self.head_dim,
+                       stride=getattr(cfg, "stride", None), group=self.q_heads // self.kv_heads, varlen=varlen)
+
+    def layer_plan(self, layer: int | None) -> LayerPlan:
+        planned = self._layers.get(layer)
+        if planned is None:
+            planned = self._layers[layer] = self._plan_layer(layer)
+        return planned
+
+    def _plan_layer(self, layer: int | None) -> LayerPlan:
+        cfg = self.cfg.for_layer(layer) if layer in self.cfg.layer_overrides else self.cfg
+        method = methods.for_config(cfg)
+        if self.packed is None:
+            reason = policy.dense_reason(cfg, layer, self.q_len, self.k_len, head_dim=self.head_dim,
+                                         q_heads=self.q_heads, kv_heads=self.kv_heads)
+            if self.backend is not None:
+                backends.get(self.backend)  # a misspelt name fails even when the call runs dense
+            if reason is not None:
+                return LayerPlan(cfg, layer, method, reason, None, None, DENSE_BACKENDS)
+            ops = backends.choose_all(self.problem(cfg), self.backend)
+            return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale),
+                             _backend_names(method, ops))
+        ops = self._packed_ops(cfg, method)
+        if ops is None:
+            return LayerPlan(cfg, layer, method, None, None, None, {})
+        threshold = policy.dense_layer_threshold(cfg, layer, self.head_dim, self.q_heads, self.kv_heads)
+        return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale, threshold),
+                         _backend_names(method, ops))
+
+    def _packed_ops(self, cfg: AttentionConfig, method: Method) -> StageBackends | None:
+        """Backends that run the whole packed batch in one launch per stage, or None (per sequence)."""
+        if not method.packed:
+            return None
+        try:
+            ops = backends.choose_all(self.problem(cfg, varlen=True), self.backend)
+        except ValueError:  # no backend, or not the one forced, takes the packed layout
+            return None
+        return ops if ops.varlen else None
+
+    def sequence_plans(self) -> list["AttentionPlan"]:
+        """One padded plan per sequence of a packed batch (reads the offsets once)."""
+        if self._sequences is None:
+            self._sequences = [
+                AttentionPlan(self.cfg, q_heads=self.q_heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                              dtype=self.dtype, device=self.device, scale=self.scale, batch=1, q_len=qb - qa,
+                              k_len=kb - ka, backend=self.backend, time_stages=self.time_stages)
+                for qa, qb, ka, kb in self.packed.host_spans()
+            ]
+        return self._sequences
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int | None = None, *,
+            out: torch.Tensor | None = None) -> PlanRun:
+        """One call of ``layer``: the layout's tensors in, ``PlanRun.out`` shaped like ``q``.
+
+        ``out`` (optional, like ``q``, any strides with a unit last one) receives the result.
+        """
+        planned = self.layer_plan(layer)
+        timer = StageTimer(q.device) if self.time_stages else None
+        if self.packed is not None and planned.ops is None:
+            return self._run_per_sequence(q, k, v, planned, out)
+        selection = None
+        if planned.ops is None:
+            with stage(timer, "attention"):
+                result = reference.dense_causal_attention(q, k, v, scale=self.scale)
+                out = result if out is None else out.copy_(result)
+        else:
+            selection = planned.method.select(planned.ops, q, k, planned.prepared, self.packed, timer)
+            with stage(timer, "attention"):
+                out, _ = planned.ops.attention.attend(q, k, v, selection, block_size=planned.cfg.block_size,
+                                                      scale=self.scale, packed=self.packed, out=out)
+        return PlanRun(out, planned, selection, timer.milliseconds() if timer else {})
+
+    def _run_per_sequence(self, q, k, v, planned: LayerPlan, out) -> PlanRun:
+        out = torch.empty_like(q) if out is None else out
+        runs = []
+        for sub, (qa, qb, ka, kb) in zip(self.sequence_plans(), self.packed.host_spans()):
+            one = sub.run(*(x.transpose(0, 1).unsqueeze(0) for x in (q[qa:qb], k[ka:kb], v[ka:kb])), planned.layer,
+                          out=out[qa:qb].transpose(0, 1).unsqueeze(0))
+            runs.append(one)
+        timings: dict[str, float] = {}
+        for one in runs:
+            for name, ms in one.timings_ms.items():
+                timings[name] = timings.get(name, 0.0) + ms
+        return PlanRun(out, planned, None, timings, runs)
+
+    def stats(self, run: PlanRun) -> RRStats:
+        """The statistics of ``run`` (spec §6; reads the selection back: a host synchronisation)."""
+        planned = run.layer_plan
+        if self.packed is None:
+            mask = None if run.selection is None else run.selection.block_mask
+            return padded_stats(mask, self.batch, self.q_heads, self.q_len, self.k_len, planned.cfg.block_size,
+                                planned.dense_reason, planned.backends, run.timings_ms, self.device)
+        spans = self.packed.host_spans()
+        if run.sequence_runs is not None:
+            masks = [None if r.selection is None else r.selection.block_mask for r in run.sequence_runs]
+            reasons = [r.layer_plan.dense_reason for r in run.sequence_runs]
+            used: dict[str, str] = {}
+            for r in run.sequence_runs:
+                used.update(r.layer_plan.backends)
+        else:
+            masks = [run.selection.block_mask[s : s + 1] for s in range(len(spans))]
+            reasons = [policy.dense_reason(planned.cfg, planned.layer, qb - qa, kb - ka, head_dim=self.head_dim,
+                                           q_heads=self.q_heads, kv_heads=self.kv_heads) for qa, qb, ka, kb in spans]
+            used = planned.backends
+        return packed_stats(spans, masks, reasons, planned.cfg.block_size, self.q_heads, used, run.timings_ms,
+                            self.device)
+
+
+def _backend_names(method: Method, ops: StageBackends) -> dict[str, str]:
+    return {"method": method.name, **{s: getattr(ops, s).name for s in (*method.stages, "attention")}}
+
+
+class PaddingPlan:
+    """A padded batch with key padding: ``query_valid`` bool ``[B, Lq]``, ``key_valid`` ``[B, Lk]``
+    (bottom-right causal among the valid tokens). The valid tokens of the rows that have queries are
+    packed through a packed :class:`AttentionPlan`, so padding never influences a selection or an
+    output; padding queries output zeros. The gather and scatter indices and the packed offsets are
+    computed here once (one host synchronisation), not per call.
+
+    ``run`` takes ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` and returns ``[B, Lq, Hq, D]``.
+    """
+
+    def __init__(self, cfg: AttentionConfig, query_valid: torch.Tensor, key_valid: torch.Tensor, *, q_heads: int,
+                 kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, scale: float,
+                 backend: str | None = None, time_stages: bool = False):
+        self.batch, self.q_len = query_valid.shape
+        self.k_len = key_valid.shape[1]
+        has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
+        q_rows, k_rows = query_valid & has_query[:, None], key_valid & has_query[:, None]
+        self.q_index, self.k_index = q_rows.nonzero(as_tuple=True), k_rows.nonzero(as_tuple=True)
+        q_counts, k_counts = q_rows.sum(1)[has_query].tolist(), k_rows.sum(1)[has_query].tolist()
+        cu = lambda n: torch.tensor([0, *n], device=device).cumsum(0).to(torch.int32)  # noqa: E731
+        bq, bk = [0, *torch.tensor(q_counts).cumsum(0).tolist()], [0, *torch.tensor(k_counts).cumsum(0).tolist()]
+        packed = Packed(cu(q_counts), cu(k_counts), max(q_counts), max(k_counts),
+                        tuple(zip(bq, bq[1:], bk, bk[1:])))
+        self.inner = AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
+                                   device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages)
+        self._reasons: dict[int | None, str | None] = {}
+
+    def dense_reason(self, layer: int | None) -> str | None:
+        """A policy of spec §6 that makes the whole call dense, judged on the padded lengths (one that
+        applies applies to every sequence; packing would only run the kernels to find that out)."""
+        if layer not in self._reasons:
+            inner = self.inner
+            cfg = inner.cfg.for_layer(layer) if layer in inner.cfg.layer_overrides else inner.cfg
+            self._reasons[layer] = policy.dense_reason(cfg, layer, self.q_len, self.k_len, head_dim=inner.head_dim,
+                                                       q_heads=inner.q_heads, kv_heads=inner.kv_heads)
+        return self._reasons[layer]
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int | None = None) -> tuple[torch.Tensor, PlanRun]:
+        packed = [x.transpose(1, 2)[index] for x, index in ((q, self.q_index), (k, self.k_index), (v, self.k_index))]
+        run = self.inner.run(*packed, layer)
+        out = q.new_zeros(self.batch, self.q_len, q.shape[1], v.shape[-1])
+        out[self.q_index] = run.out
+        return out, run
+
+    def stats(self, run: PlanRun) -> RRStats:
+        """One row per batch row that has queries."""
+        return self.inner.stats(run)
