@@ -234,3 +234,25 @@ def test_smollm2_at_2k_keeps_next_token_nll(smollm2):
     assert abs(sparse - dense) < 0.05
     assert 0.1 < stats.sparsity() < 0.8
     assert len(stats.records) == 30
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_torch_compile_runs_the_backend_without_graph_breaks(padded):
+    # fullgraph=True fails on any graph break: the attention is one custom-op node
+    # (aot_eager traces the op through its fake implementation; inductor is checked on the GPU).
+    model = _tiny("llama")
+    rr.hf.configure(model, SPARSE)
+    ids = torch.randint(1, 128, (2, 300), generator=torch.Generator().manual_seed(11))
+    mask = torch.ones(2, 300, dtype=torch.long)
+    if padded:
+        mask[1, :70] = 0
+    with torch.no_grad():
+        want = model(ids.to(DEVICE), attention_mask=mask.to(DEVICE), use_cache=False).logits
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        got = compiled(ids.to(DEVICE), attention_mask=mask.to(DEVICE), use_cache=False).logits
+    valid = mask.bool().to(DEVICE)
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+    with rr.hf.collect_stats(model) as stats, torch.no_grad():  # statistics: the eager path (a graph break)
+        compiled(ids.to(DEVICE), attention_mask=mask.to(DEVICE), use_cache=False)
+    assert len(stats.records) == 2 and 0 < stats.sparsity() < 1

@@ -7,13 +7,15 @@ TTFT is one forward pass over the prompt producing the first new token's logits 
 median of ``--repeats`` runs after two warm-up passes, timed with CUDA events. The text is Shakespeare from
 the offline corpus; lengths past the model's 8K training window are fine for timing. The NLL of
 the last 512 tokens is reported beside it (meaningful only within the 8K window). Sparsity is the
-mean over layers of spec §6's per-call sparsity.
+mean over layers of spec §6's per-call sparsity; ``dense_calls`` the share of prefill attention calls
+that ran dense (spec §6: below the crossover ``min_sparse_len``, every call of the model is dense).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import statistics
 import sys
@@ -45,7 +47,7 @@ def time_forward(model, ids, repeats: int) -> tuple[float, torch.Tensor]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lengths", default="8192,16384,32768,65536,131072")
+    ap.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -68,13 +70,16 @@ def main() -> None:
         sparse_ms, sparse_logits = time_forward(model, ids, args.repeats)
         with rr.hf.collect_stats(model) as stats, torch.no_grad():
             model(ids, logits_to_keep=1)
+        prefill = stats.prefill_records()
         row = dict(L=length, sdpa_ttft_ms=dense_ms, rrattention_ttft_ms=sparse_ms, speedup=dense_ms / sparse_ms,
-                   sparsity=stats.sparsity(), nll_last512_sdpa=nll(dense_logits), nll_last512_rrattention=nll(sparse_logits))
+                   sparsity=stats.sparsity(), dense_calls=sum(r.is_dense for r in prefill) / len(prefill),
+                   nll_last512_sdpa=nll(dense_logits), nll_last512_rrattention=nll(sparse_logits))
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     df = pd.DataFrame(rows)
     props = torch.cuda.get_device_properties(0)
-    provenance = (f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; "
+    commit = os.environ.get("RRATTENTION_GIT_COMMIT", "unknown")
+    provenance = (f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; git {commit}; "
                   f"transformers {__import__('transformers').__version__}; date {datetime.date.today()}; "
                   f"command: python {' '.join(map(shlex.quote, sys.argv))}; SmolLM2-135M-Instruct (GGUF Q4_1 "
                   f"dequantised to bf16), B=1, rrattention {cfg.to_dict()}")

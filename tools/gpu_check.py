@@ -14,6 +14,7 @@ every head-shift policy and selector) on identical inputs:
   an fp32 reference computed on the same mask must be ≤ 2× the error of dense SDPA in the same
   dtype against the fp32 dense reference.
 * every output element is written (outputs are poisoned with NaN first).
+* the whole call (``rr_attention``, planned) selects exactly the mask of the stage-by-stage calls.
 * decode (one query, dense by spec §6) in each dtype and GQA ratio: error against fp32 attention
   over every key ≤ 2× dense SDPA's with the KV heads repeated.
 Exit status 1 if any case fails.
@@ -95,12 +96,15 @@ def check_case(name, q, k, v, cfg, report, flex=True) -> bool:
     except Exception as err:  # report and fail the case rather than stop the check
         report(f"  flex failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
         err_flex = float("inf")
+    _, stats = rr.rr_attention(q, k, v, cfg, return_stats=True)  # the whole call, through a plan
+    plan_same = torch.equal(stats.block_mask, mask) and stats.backends.get("attention") == "triton"
     ok = (n_bad == 0 and torch.equal(same_scores_mask, mask_ref) and written and err_ours <= 2 * err_sdpa
-          and err_flex <= 2 * err_sdpa and err_lse < 1e-2)
+          and err_flex <= 2 * err_sdpa and err_lse < 1e-2 and plan_same)
     sparsity = 1 - float(mask.sum()) / float(visible.sum() * q.shape[0] * q.shape[1])
     report(f"{'PASS' if ok else 'FAIL'} {name:<44} sparsity {sparsity:5.3f}  score err/T {score_err:.1e}  "
            f"mask diff {n_diff:>3} (unexplained {n_bad})  select(ref scores) {'=' if torch.equal(same_scores_mask, mask_ref) else '≠'}  "
-           f"out err ours {err_ours:.2e} flex {err_flex:.2e} sdpa {err_sdpa:.2e}  lse {err_lse:.1e}  written {written}")
+           f"out err ours {err_ours:.2e} flex {err_flex:.2e} sdpa {err_sdpa:.2e}  lse {err_lse:.1e}  written {written}  "
+           f"rr_attention mask {'=' if plan_same else '≠'}")
     return ok
 
 
@@ -158,11 +162,15 @@ def main() -> int:
     ap.add_argument("--skip-flex", action="store_true", help="do not check the FlexAttention backend")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    lines = []
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("")
 
-    def report(line):
+    def report(line):  # written as it goes: a run cut short keeps what it checked
         print(line, flush=True)
-        lines.append(line)
+        if args.out is not None:
+            with open(args.out, "a") as fh:
+                fh.write(line + "\n")
 
     props = torch.cuda.get_device_properties(0)
     report(f"gpu_check on {props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
@@ -205,9 +213,6 @@ def main() -> int:
     ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16,
                        C(tau=0.9, min_sparse_len=0), report)
     report("ALL PASS" if ok else "SOME CASES FAILED")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
     return 0 if ok else 1
 
 

@@ -8,6 +8,7 @@ boolean "may attend" mask, calls :func:`attention_call`, and converts the output
 from __future__ import annotations
 
 import contextlib
+import json
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -111,6 +112,11 @@ class ModelState:
     backend: str | None = None
     collector: StatsCollector | None = None
     plans: PlanCache = field(default_factory=PlanCache)
+
+    config_json: str = field(init=False)  # cfg as the custom op's argument, made before any compiled call reads it
+
+    def __post_init__(self):
+        self.config_json = json.dumps({"method": self.cfg.method, "settings": self.cfg.to_dict()}, sort_keys=True)
 
 
 def method_config(cfg: AttentionConfig | None, method: str | None, backend: str | None, settings: dict) -> AttentionConfig:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from . import custom_op  # noqa: F401  (registers torch.ops.rrattention.attention)
+from .._checks import check_scale
 from ..config import AttentionConfig
 from ._calls import CallRecord, StatsCollector, allowed_mask, attach, attention_call, collecting, method_config, module_state
 
@@ -82,14 +84,27 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         if kwargs.get(feature) is not None:
             raise ValueError(f"rrattention does not support attention with `{feature}` (model {type(module).__name__})")
 
+    state = module_state(module)
+    layer = getattr(module, "layer_idx", None)
+    if torch.compiler.is_compiling() and state.collector is None:
+        # One opaque node of the compiled graph (integrations/custom_op.py): no graph break.
+        out = torch.ops.rrattention.attention(query, key, value, attention_mask, state.config_json,
+                                              -1 if layer is None else layer, check_scale(scaling, query.shape[-1]),
+                                              state.backend or "")
+        return out, None
+    return _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs), None
+
+
+@torch.compiler.disable  # statistics are read on the host: a compiled graph that collects them breaks here
+def _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs):
     def dense():
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
-    out = attention_call(module_state(module), getattr(module, "layer_idx", None), query, key, value, attention_mask,
-                         lambda: allowed_mask(attention_mask), scaling, dense, "sdpa")
-    return out.contiguous(), None
+    out = attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask), scaling,
+                         dense, "sdpa")
+    return out.contiguous()
 
 
 register()

@@ -1,0 +1,48 @@
+"""A framework hook's attention call as a ``torch.library`` custom op, so that ``torch.compile``
+treats it as one opaque node of the graph (no graph break).
+
+    torch.ops.rrattention.attention(q, k, v, mask, config_json, layer, scale, backend) -> [B, Lq, Hq, D]
+
+``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` (GQA not repeated); ``mask`` None (causal) or the
+framework's mask ``[B, 1, Lq, Lk]`` (bool "may attend", or additive); ``config_json`` a method's config as
+``ModelState.config_json`` writes it; ``layer`` −1 for none; ``backend`` "" for dispatch's choice. The op runs
+:func:`rrattention.integrations._calls.attention_call`, with the plans of one forward pass
+shared by its layers exactly as in eager mode; a mask that is not causal + padding runs dense
+SDPA with that mask. The fake implementation gives the output's shape, dtype and strides.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+
+from .. import methods
+from ._calls import ModelState, allowed_mask, attention_call
+
+
+@functools.lru_cache(maxsize=16)  # one state (and plan cache) per config, as a configured model has
+def _state(config: str, backend: str) -> ModelState:
+    data = json.loads(config)
+    return ModelState(methods.make_config(data["method"], data["settings"]), backend or None)
+
+
+def _dense_with_mask(q, k, v, mask, scale) -> torch.Tensor:
+    """Dense SDPA with the framework's mask → ``[B, Lq, Hq, D]`` (what its own SDPA path computes)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)
+
+
+@torch.library.custom_op("rrattention::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, config: str, layer: int,
+              scale: float, backend: str) -> torch.Tensor:
+    out = attention_call(_state(config, backend), None if layer < 0 else layer, q, k, v, mask, lambda: allowed_mask(mask),
+                         scale, lambda: _dense_with_mask(q, k, v, mask, scale), "sdpa")
+    return out.contiguous()
+
+
+@attention.register_fake
+def _(q, k, v, mask, config, layer, scale, backend):
+    return q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1])
