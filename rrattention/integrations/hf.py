@@ -8,8 +8,8 @@ goes through ``transformers.AttentionInterface`` (Llama, Qwen2, Qwen3, Mistral, 
         model.generate(**inputs)
 
 Importing this module registers the name in ``AttentionInterface`` and, with transformers' SDPA
-mask builder, in ``AttentionMaskInterface`` (without the latter a custom backend never receives
-padding masks). No model code is patched: the configuration lives in a small state object set
+mask builder (:func:`causal_or_sdpa_mask`), in ``AttentionMaskInterface`` (without the latter a
+custom backend never receives padding masks). No model code is patched: the configuration lives in a small state object set
 as an attribute on each attention module, owned by the model.
 
 Per call: no mask (no padding) → :func:`rrattention.rr_attention` on the batch; a causal + padding
@@ -21,6 +21,8 @@ sparse: prefill of ``Lk ≥ min_sparse_len`` is sparse, decode (``Lq = 1``) dens
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -37,10 +39,36 @@ __all__ = ["ATTN_IMPLEMENTATION", "CallRecord", "StatsCollector", "attention_for
 def register() -> None:
     """Register ``"rrattention"`` with transformers (idempotent; done on import)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, causal_or_sdpa_mask)
+
+
+def causal_or_sdpa_mask(*args, **kwargs):
+    """transformers' SDPA mask, except that a plain causal call without padding gets None.
+
+    The mask function runs once per forward pass. With no 2-D padding mask, the causal mask
+    function and ``Lq == Lk`` (or one query), the mask holds nothing the hook does not know:
+    returning None spares building and reading an ``[B, 1, Lq, Lk]`` tensor, also where
+    transformers would build it anyway (some versions do while a CUDA graph is being captured,
+    when reading it would break the capture). Every other call gets ``sdpa_mask``'s mask.
+    """
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    bound = inspect.signature(sdpa_mask).bind(*args, **kwargs)
+    bound.apply_defaults()
+    given = bound.arguments
+    if "q_length" in given:
+        q_len = given["q_length"]
+    elif isinstance(given.get("cache_position"), torch.Tensor):  # transformers before q_length
+        q_len = given["cache_position"].shape[0]
+    else:
+        q_len = None
+    plain_causal = given.get("mask_function") is causal_mask_function and given.get("local_size") is None
+    if plain_causal and given.get("attention_mask") is None and q_len is not None and q_len in (1, given.get("kv_length")):
+        return None
+    return sdpa_mask(*args, **kwargs)
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
