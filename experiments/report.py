@@ -33,6 +33,7 @@ from .runner import RECORDS, command, load_records, summarize
 MAIN_RUN = "fidelity_smollm2"
 HEATMAP_RUN = "attention_smollm2"
 QUICKSTART_RUN = "quickstart"
+CURRENT_GPU = "h200"  # the GPU whose benchmarks the README shows; older GPUs' folders stay as history
 REGENERATE = "python tools/make_tables.py"
 BLOCK = re.compile(r"(<!-- make_tables: (?P<name>[\w-]+) -->\n).*?(<!-- /make_tables -->)", re.S)
 
@@ -196,7 +197,7 @@ def ablation_summary(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def kernel_tables(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gpu: str) -> dict[str, str]:
+def kernel_tables(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gpu: str, prefill_gpu: str) -> dict[str, str]:
     out = {}
     if kernels is not None:
         rows = kernels[kernels.L.isin([8192, 32768, 131072])]
@@ -210,12 +211,14 @@ def kernel_tables(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gp
             lines.append(f"| {_k(int(r.L))} | " + " | ".join(_ms(v) for v in values) + " |")
         out["kernels"] = "\n".join(lines) + "\n"
     if prefill is not None:
-        lines = [f"Source: `results/prefill/{gpu}/bench_prefill.csv` (`python tools/bench_prefill.py`; "
-                 f"see `results/prefill/{gpu}/README.md`).\n",
-                 "| L | SDPA | rrattention | speedup | sparsity (mean over layers) |", "|---|---|---|---|---|"]
+        lines = [f"Source: `results/prefill/{prefill_gpu}/bench_prefill.csv` (`python tools/bench_prefill.py`; "
+                 f"see `results/prefill/{prefill_gpu}/README.md`).\n",
+                 "| L | SDPA | rrattention | speedup | sparsity (mean over layers) | prefill calls dense |",
+                 "|---|---|---|---|---|---|"]
         for _, r in prefill.iterrows():
+            dense = f"{r.dense_calls:.0%}" if "dense_calls" in prefill else "—"
             lines.append(f"| {_k(int(r.L))} | {_ms(r.sdpa_ttft_ms)} ms | {_ms(r.rrattention_ttft_ms)} ms | "
-                         f"{r.speedup:.2f}× | {r.sparsity:.2f} |")
+                         f"{r.speedup:.2f}× | {r.sparsity:.2f} | {dense} |")
         out["prefill"] = "\n".join(lines) + "\n"
     return out
 
@@ -319,7 +322,7 @@ def heatmap_figure(run: Run, path: Path) -> None:
     _save(plt, fig, path, f"{run.provenance()}, {', '.join(map(_k, lengths))} tokens, {len(records) // max(1, len(methods))} samples")
 
 
-def kernel_figure(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gpu: str, path: Path) -> None:
+def kernel_figure(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gpu: str, prefill_gpu: str, path: Path) -> None:
     panels = [x for x in (kernels, prefill) if x is not None]
     plt, fig, axes = _figure(1, len(panels), (6 * len(panels), 4.5))
     axes = list(axes[0])
@@ -343,9 +346,9 @@ def kernel_figure(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gp
         ax = axes.pop(0)
         ax.plot(prefill.L, prefill.speedup, "o-", label="rrattention (default config) vs SDPA")
         ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set(xscale="log", xlabel="tokens", ylabel="time-to-first-token speedup", title=f"SmolLM2 prefill ({gpu})")
+        ax.set(xscale="log", xlabel="tokens", ylabel="time-to-first-token speedup", title=f"SmolLM2 prefill ({prefill_gpu})")
         ax.legend(fontsize=7)
-        sources.append(f"results/prefill/{gpu}/bench_prefill.csv")
+        sources.append(f"results/prefill/{prefill_gpu}/bench_prefill.csv")
     _save(plt, fig, path, "; ".join(sources))
 
 
@@ -372,7 +375,8 @@ def ablation_figure(run: Run, path: Path) -> None:
 
 
 def _bench(results: Path, kind: str, name: str) -> tuple[pd.DataFrame | None, str]:
-    paths = sorted(results.glob(f"{kind}/*/{name}"))
+    """The benchmark of the GPU lent now if it has one, else of the earliest GPU that has (history)."""
+    paths = sorted(results.glob(f"{kind}/*/{name}"), key=lambda p: (p.parent.name != CURRENT_GPU, p.parent.name))
     return (pd.read_csv(paths[0]), paths[0].parent.name) if paths else (None, "")
 
 
@@ -403,7 +407,7 @@ def build(results: Path, readme: Path | None, *, figures: bool = True) -> list[P
         longest = max(max(r.cfg.lengths) for r in ablations)
         blocks["ablations"] = ablation_tables(ablations, length=longest)
         blocks["ablation_summary"] = ablation_summary(ablations)
-    kernel_blocks = kernel_tables(kernels, prefill, gpu or prefill_gpu)
+    kernel_blocks = kernel_tables(kernels, prefill, gpu, prefill_gpu)
     if kernel_blocks:
         write(tables / "kernels.md", f"# Kernel and prefill speed\n\nRebuilt by `{REGENERATE}`.\n\n" + "\n".join(kernel_blocks.values()))
         blocks.update(kernel_blocks)
@@ -414,7 +418,7 @@ def build(results: Path, readme: Path | None, *, figures: bool = True) -> list[P
         if HEATMAP_RUN in runs:
             heatmap_figure(runs[HEATMAP_RUN], figs / "sparsity_heatmap.png")
         if kernels is not None or prefill is not None:
-            kernel_figure(kernels, prefill, gpu or prefill_gpu, figs / "kernel_speedup.png")
+            kernel_figure(kernels, prefill, gpu, prefill_gpu, figs / "kernel_speedup.png")
         for run in ablations:
             ablation_figure(run, figs / f"{run.name}.png")
     for document in (readme, results / "README.md"):

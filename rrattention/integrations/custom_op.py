@@ -4,11 +4,12 @@ treats it as one opaque node of the graph (no graph break).
     torch.ops.rrattention.attention(q, k, v, mask, config_json, layer, scale, backend) -> [B, Lq, Hq, D]
 
 ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` (GQA not repeated); ``mask`` None (causal) or the
-framework's mask ``[B, 1, Lq, Lk]`` (bool "may attend", or additive); ``config_json`` a method's config as
-``ModelState.config_json`` writes it; ``layer`` −1 for none; ``backend`` "" for dispatch's choice. The op runs
-:func:`rrattention.integrations._calls.attention_call`, with the plans of one forward pass
-shared by its layers exactly as in eager mode; a mask that is not causal + padding runs dense
-SDPA with that mask. The fake implementation gives the output's shape, dtype and strides.
+framework's mask ``[B, 1, Lq, Lk]`` (bool "may attend", or additive); ``config_json`` a method's
+config as ``ModelState.config_json`` writes it; ``layer`` −1 for none; ``backend`` "" for
+dispatch's choice. The op runs :func:`rrattention.integrations._calls.attention_call`: without a
+mask the layers share one plan per layout, as in eager mode; with a mask each call plans (reads
+the mask) itself; a mask that is not causal + padding runs dense SDPA with that mask. The fake
+implementation gives the output's shape, dtype and strides.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ def _dense_with_mask(q, k, v, mask, scale) -> torch.Tensor:
 @torch.library.custom_op("rrattention::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, config: str, layer: int,
               scale: float, backend: str) -> torch.Tensor:
-    out = attention_call(_state(config, backend), None if layer < 0 else layer, q, k, v, mask, lambda: allowed_mask(mask),
-                         scale, lambda: _dense_with_mask(q, k, v, mask, scale), "sdpa")
+    state = _state(config, backend)
+    if mask is not None:
+        # A padding plan holds index tensors made here; under CUDA-graph capture (compile's
+        # "reduce-overhead") nothing made inside the op may outlive it, so masked calls plan per call.
+        state = ModelState(state.cfg, state.backend)
+    out = attention_call(state, None if layer < 0 else layer, q, k, v, mask, lambda: allowed_mask(mask), scale,
+                         lambda: _dense_with_mask(q, k, v, mask, scale), "sdpa")
     return out.contiguous()
 
 
