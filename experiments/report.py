@@ -53,7 +53,12 @@ class Run:
 
     def provenance(self) -> str:
         env = json.loads((self.path / "environment.json").read_text()) if (self.path / "environment.json").exists() else {}
-        commit = f", git {env['git_commit'][:10]}" if env.get("git_commit") else ""
+        # The records' own commits where they carry them (a resumed run may span several), else the
+        # commit of environment.json (records from before per-record commits).
+        commits = list(dict.fromkeys(r.get("commit") for r in self.records))
+        if None in commits:
+            commits = [env["git_commit"]] if env.get("git_commit") else []
+        commit = f", git {', '.join(c[:10] for c in commits)}" if commits else ""
         return (f"`results/{self.name}/` from `{command(self.path)}` ({env.get('device', '?')}, torch {env.get('torch', '?')}, "
                 f"{str(env.get('date', '?'))[:10]}{commit})")
 
