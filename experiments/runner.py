@@ -229,7 +229,7 @@ def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
     env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
     header = (f"# {cfg.run_name}\n\nProduced by `{command(run_dir)}`.\n"
               f"Model `{cfg.model}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
-              f"{env.get('date', '?')}; seed {cfg.seed}, {cfg.samples} samples per cell.\n"
+              f"{env.get('date', '?')}; seed {cfg.seed}, {per_cell(cfg.samples)}.\n"
               f"Records: {len(records)}, from {commit_counts(records, env)}.\n"
               "Sparsity: per sample the mean over layers of the prefill sparsity (spec §6), then the mean over samples.\n\n")
     (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n"
@@ -250,6 +250,10 @@ def _all_dense_note(summary, sparse_methods: set[str]) -> str | None:
     return (f"every prefill attention call ran dense in {cells}: a dense policy of spec §6 applied, most often "
             "min_sparse_len (calls with fewer keys run dense; default 8192). Set min_sparse_len: 0 in the "
             "method's settings to evaluate it sparse at these lengths.")
+
+
+def per_cell(samples: int) -> str:
+    return f"{samples} sample{'s' if samples != 1 else ''} per cell"
 
 
 def commit_counts(records: list[dict], env: dict) -> str:
