@@ -160,12 +160,12 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None, fresh: bool = F
     else:
         state = f"a new run of {len(todo)} records"
     print(f"writing to {run_dir}/ ({state})", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    fingerprint.save(run_dir, fields)
-    for name, text in (files or {}).items():
-        (run_dir / name).write_text(text)
-    if todo:
+    if todo:  # a folder with nothing left to compute keeps the files of the runs that computed it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        fingerprint.save(run_dir, fields)
+        for name, text in (files or {}).items():
+            (run_dir / name).write_text(text)
         if context is None:
             context = load_context(cfg, device)
         commit = git_commit()

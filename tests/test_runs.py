@@ -82,6 +82,10 @@ def test_make_eval_computes_into_runs_beside_committed_results(tmp_path, monkeyp
     assert (committed / RECORDS).read_bytes() == before
     assert (tmp_path / "runs" / "quickstart" / "command.txt").read_text() == \
         "python tools/run_eval.py --config configs/quickstart.yaml --no-progress\n"
+    assert run_eval.main(["--config", "configs/quickstart.yaml", "--output-dir", "runs", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("writing to runs/quickstart/ (all 4 records there, nothing to compute)\n")
+    assert len(loaded) == 1  # nothing computed, so the folder keeps the command line that computed it
+    assert "--output-dir" not in (tmp_path / "runs" / "quickstart" / "command.txt").read_text()
 
 
 def test_the_folder_is_printed_before_the_model_loads(tmp_path, monkeypatch, capsys, context):
