@@ -43,9 +43,12 @@ tables: setup
 assets: setup
 	$(VPY) -m rrattention.assets
 
-# The main job: the quickstart evaluation (offline model, CPU or GPU), results in results/quickstart/
+# The main job: the quickstart evaluation (offline model, CPU or GPU), written to runs/quickstart/ (git-ignored).
+# `make eval EVAL_ARGS=--fresh` starts over; `make eval EVAL_ARGS="--output-dir results --fresh"` refreshes
+# the committed results/quickstart/.
+EVAL_ARGS ?=
 eval: setup
-	$(VPY) tools/run_eval.py --config configs/quickstart.yaml
+	$(VPY) tools/run_eval.py --config configs/quickstart.yaml $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_PADDLE) .pytest_cache .hypothesis build *.egg-info

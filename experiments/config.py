@@ -1,5 +1,5 @@
 """The evaluation config: one YAML file says model, methods, tasks, lengths, samples, seed, device
-and output directory; everything is validated when it is loaded."""
+and output directory (default runs/); everything is validated when it is loaded."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
-    output_dir: str = "results"
+    output_dir: str = "runs"  # git-ignored; "results" for the committed reference results
 
     def __post_init__(self) -> None:
         from . import TASKS

@@ -28,7 +28,7 @@ import yaml
 
 from .ablation import SPEC, AblationConfig, point_label, write_pivot
 from .config import EvalConfig
-from .runner import RECORDS, command, load_records, summarize
+from .runner import RECORDS, command, load_records, per_cell, summarize
 
 MAIN_RUN = "fidelity_smollm2"
 HEATMAP_RUN = "attention_smollm2"
@@ -54,7 +54,12 @@ class Run:
 
     def provenance(self) -> str:
         env = json.loads((self.path / "environment.json").read_text()) if (self.path / "environment.json").exists() else {}
-        commit = f", git {env['git_commit'][:10]}" if env.get("git_commit") else ""
+        # The records' own commits where they carry them (a resumed run may span several), else the
+        # commit of environment.json (records from before per-record commits).
+        commits = list(dict.fromkeys(r.get("commit") for r in self.records))
+        if None in commits:
+            commits = [env["git_commit"]] if env.get("git_commit") else []
+        commit = f", git {', '.join(c[:10] for c in commits)}" if commits else ""
         return (f"`results/{self.name}/` from `{command(self.path)}` ({env.get('device', '?')}, torch {env.get('torch', '?')}, "
                 f"{str(env.get('date', '?'))[:10]}{commit})")
 
@@ -100,7 +105,7 @@ def _cell(row, pct: bool) -> str:
 def main_comparison(run: Run) -> str:
     """Per task: methods down, lengths across; each cell ``score (% of full) · sparsity``."""
     lines = [f"# Main comparison: every method against full attention\n", f"Source: {run.provenance()}; "
-             f"{run.cfg.samples} samples per cell. Cells: score (% of full) · sparsity (spec §6). Rebuilt by `{REGENERATE}`.\n"]
+             f"{per_cell(run.cfg.samples)}. Cells: score (% of full) · sparsity (spec §6). Rebuilt by `{REGENERATE}`.\n"]
     settings = run.method_settings()
     for task, frame in run.summary.groupby("task", sort=True):
         metric = frame["metric"].iloc[0]
@@ -121,7 +126,7 @@ def readme_main(run: Run) -> str:
     length = max(run.cfg.lengths)
     by = run.summary[run.summary.length == length].set_index(["task", "method"])
     tasks = sorted(by.index.get_level_values(0).unique())
-    lines = [f"SmolLM2 on an H100, {run.cfg.samples} samples per cell ({run.provenance()}), at {_k(length)} tokens:\n"]
+    lines = [f"SmolLM2 on an H100, {per_cell(run.cfg.samples)} ({run.provenance()}), at {_k(length)} tokens:\n"]
     header = ["method", "settings"]
     for task in tasks:
         metric = by.loc[task]["metric"].iloc[0]
@@ -150,7 +155,7 @@ def readme_wide(run: Run) -> str:
     columns = [(t, n) for t in sorted(s.task.unique()) for n in sorted(s.length.unique())]
     header = ["method"] + [f"{t} {_k(n)}" for t, n in columns] + [f"sparsity {_k(length)}"]
     by = s.set_index(["method", "task", "length"])
-    lines = [f"Source: {run.provenance()}; {run.cfg.samples} samples per cell.\n",
+    lines = [f"Source: {run.provenance()}; {per_cell(run.cfg.samples)}.\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in dict.fromkeys(s["method"]):
         cells = [f"{by.loc[(method, t, n), 'score']:.4g}" if (method, t, n) in by.index else "–" for t, n in columns]
@@ -167,7 +172,7 @@ def ablation_tables(runs: list[Run], *, length: int | None = None) -> str:
         if length is not None:
             sections = [s for s in table.split("### ") if s.strip() and f", {length} tokens:" in s.splitlines()[0]]
             table = "".join("#### " + s for s in sections)
-        parts.append(f"### {run.name}\n\nSource: {run.provenance()}; {run.cfg.samples} samples per cell; "
+        parts.append(f"### {run.name}\n\nSource: {run.provenance()}; {per_cell(run.cfg.samples)}; "
                      f"cells: score (sparsity).\n\n{table.replace('### ', '#### ') if length is None else table}")
     return "\n".join(parts)
 

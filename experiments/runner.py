@@ -3,10 +3,16 @@
 Each finished sample is one JSON line appended to ``samples.jsonl`` and flushed to disk before the
 next starts. A line cut short by a kill is removed when the run resumes, and samples already
 recorded are skipped: killing the process at any point loses nothing and duplicates nothing.
+
+A run folder is resumed only by a run of the same settings: every record carries the config
+fingerprint of :mod:`experiments.fingerprint` and the git commit that computed it; a run of other
+settings is refused with :class:`~experiments.fingerprint.RunMismatchError` (``fresh=True``, the
+tools' ``--fresh``, deletes the old records first).
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fingerprint
 from .config import EvalConfig, task_instances
 
 RECORDS = "samples.jsonl"
@@ -54,18 +61,25 @@ def append_record(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def environment(device: str) -> dict:
-    import torch
-    import transformers
-
+def git_commit() -> str | None:
+    """The commit of the code that runs: ``RRATTENTION_GIT_COMMIT``, else ``git rev-parse HEAD`` of this
+    checkout (not of the working directory), else None."""
     # A copy of the tree sent to another host (a GPU machine) may lack .git or carry a stale one: the
     # sender names the commit it sent in RRATTENTION_GIT_COMMIT.
     commit = os.environ.get("RRATTENTION_GIT_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = None
+    if commit:
+        return commit
+    try:
+        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment(device: str, commit: str | None) -> dict:
+    import torch
+    import transformers
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -76,14 +90,26 @@ def environment(device: str) -> dict:
     }
 
 
-def load_model(cfg: EvalConfig):
+def resolve_device(device: str) -> str:
+    import torch
+
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    return dtype if dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
+
+
+def load_context(cfg: EvalConfig, device: str):
+    """The model of ``cfg`` on ``device`` in a :class:`~experiments.base.ModelContext`, with the
+    Shakespeare corpus as haystack."""
     import torch
 
     from rrattention import assets
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    from .base import ModelContext
+
+    dtype = getattr(torch, resolve_dtype(cfg.dtype, device))
     if cfg.model == "smollm2":
         tokenizer, model = assets.load_smollm2(device=device, dtype=dtype)
     else:
@@ -91,34 +117,60 @@ def load_model(cfg: EvalConfig):
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(device).eval()
-    return tokenizer, model, torch.device(device)
+    return ModelContext(model, tokenizer, torch.device(device), lambda: assets.corpus("shakespeare"))
 
 
-def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
+def clear(run_dir: Path) -> None:
+    """Delete a run folder's records and what was built from them (``--fresh``); other files stay."""
+    records = load_records(run_dir / RECORDS)
+    plots = [f"{task}.png" for task in dict.fromkeys(r["task"] for r in records)]
+    for name in (RECORDS, fingerprint.FINGERPRINT, "summary.csv", "table.md", "environment.json", *plots):
+        (run_dir / name).unlink(missing_ok=True)
+    print(f"--fresh: deleted the {len(records)} records of {run_dir}/", flush=True)
+
+
+def run(cfg: EvalConfig, *, progress: bool = True, context=None, fresh: bool = False,
+        files: dict[str, str] | None = None) -> list[dict]:
     """Evaluate every missing cell of ``cfg``; returns all records of the run directory.
 
+    Raises :class:`~experiments.fingerprint.RunMismatchError` before loading the model when the
+    folder holds records of other settings; ``fresh`` deletes them first. ``files`` (name → text,
+    the tools' command line) are written into the folder once it is known to take this run.
     ``context`` (a :class:`~experiments.base.ModelContext`) skips loading the model (tests).
     """
     import yaml
     from tqdm import tqdm
 
-    from .base import ModelContext
-
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     records_path = run_dir / RECORDS
-    done = {record_key(r) for r in load_records(records_path)}
+    if fresh:
+        clear(run_dir)
+    device = context.device.type if context is not None else resolve_device(cfg.device)
+    fields = fingerprint.settings(cfg, resolve_dtype(cfg.dtype, device))
+    existing = load_records(records_path)
+    fingerprint.check_resumable(run_dir, existing, fields)
+    done = {record_key(r) for r in existing}
     tasks = task_instances(cfg)
     cells = [(t, n, i) for t in tasks.values() for n in cfg.lengths for i in range(cfg.samples)]
     todo = [(t, n, i, m) for t, n, i in cells for m in cfg.methods if (m.label, t.name, n, i) not in done]
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if todo:
+    if not todo:
+        state = f"all {len(done)} records there, nothing to compute"
+    elif done:
+        state = f"resuming: {len(done)} of {len(done) + len(todo)} records there, {len(todo)} to compute"
+    else:
+        state = f"a new run of {len(todo)} records"
+    print(f"writing to {run_dir}/ ({state})", flush=True)
+    if todo:  # a folder with nothing left to compute keeps the files of the runs that computed it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        fingerprint.save(run_dir, fields)
+        for name, text in (files or {}).items():
+            (run_dir / name).write_text(text)
         if context is None:
-            from rrattention import assets
-
-            tokenizer, model, device = load_model(cfg)
-            context = ModelContext(model, tokenizer, device, lambda: assets.corpus("shakespeare"))
-        (run_dir / "environment.json").write_text(json.dumps(environment(context.device.type), indent=2) + "\n")
+            context = load_context(cfg, device)
+        commit = git_commit()
+        stamp = {"fingerprint": fingerprint.fingerprint(fields), "commit": commit}
+        (run_dir / "environment.json").write_text(json.dumps(environment(context.device.type, commit), indent=2) + "\n")
         samples: dict = {}
         bar = tqdm(todo, desc=cfg.run_name, disable=not progress)
         for task, length, index, method in bar:
@@ -133,7 +185,7 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None) -> list[dict]:
             dense = context.take_dense_fraction()
             append_record(records_path, {
                 "method": method.label, "task": task.name, "length": length, "sample": index, "seconds": seconds,
-                **metrics, **({} if dense is None else {"dense_calls": round(dense, 4)}),
+                **metrics, **({} if dense is None else {"dense_calls": round(dense, 4)}), **stamp,
             })
     return load_records(records_path)
 
@@ -177,7 +229,8 @@ def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
     env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
     header = (f"# {cfg.run_name}\n\nProduced by `{command(run_dir)}`.\n"
               f"Model `{cfg.model}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
-              f"git {str(env.get('git_commit'))[:10]}, {env.get('date', '?')}; seed {cfg.seed}, {cfg.samples} samples per cell.\n"
+              f"{env.get('date', '?')}; seed {cfg.seed}, {per_cell(cfg.samples)}.\n"
+              f"Records: {len(records)}, from {commit_counts(records, env)}.\n"
               "Sparsity: per sample the mean over layers of the prefill sparsity (spec §6), then the mean over samples.\n\n")
     (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n"
                                       + (f"\n**Warning:** {dense_note}\n" if dense_note else ""))
@@ -195,8 +248,28 @@ def _all_dense_note(summary, sparse_methods: set[str]) -> str | None:
         return None
     cells = ", ".join(f"{r.method} {r.task} L={r.length}" for r in dense.itertuples())
     return (f"every prefill attention call ran dense in {cells}: a dense policy of spec §6 applied, most often "
-            "min_sparse_len (calls with fewer keys run dense; default 8192). Set min_sparse_len: 0 in the "
+            "min_sparse_len (calls with fewer keys run dense; default: the measured crossover, rrattention.crossover). "
+            "Set min_sparse_len: 0 in the "
             "method's settings to evaluate it sparse at these lengths.")
+
+
+def per_cell(samples: int) -> str:
+    return f"{samples} sample{'s' if samples != 1 else ''} per cell"
+
+
+def commit_counts(records: list[dict], env: dict) -> str:
+    """``"git abc1234567 (8), git def4567890 (4)"``: the commits that computed ``records``, most records first.
+    Records from before each record carried its commit are counted under the commit of the run's
+    ``environment.json`` (its last session's), and say so."""
+    parts = []
+    for commit, n in collections.Counter(r.get("commit") for r in records).most_common():
+        if commit is None and env.get("git_commit"):
+            parts.append(f"git {env['git_commit'][:10]} ({n}, per environment.json: these records predate per-record commits)")
+        elif commit is None:
+            parts.append(f"an unrecorded commit ({n})")
+        else:
+            parts.append(f"git {commit[:10]} ({n})")
+    return ", ".join(parts)
 
 
 def command(run_dir: Path) -> str:
@@ -213,24 +286,29 @@ def cli_parser(description: str, config_help: str):
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--config", type=Path, required=True, help=config_help)
-    ap.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    ap.add_argument("--summarize-only", action="store_true", help="rebuild the tables and plots from the records")
+    ap.add_argument("--output-dir", default=None,
+                    help="write <output-dir>/<run_name>/ instead of the config's output_dir (default runs/); "
+                         "--output-dir results refreshes the committed reference results")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--fresh", action="store_true",
+                      help="delete the run folder's records (and the tables and plots built from them) and start over")
+    mode.add_argument("--summarize-only", action="store_true", help="rebuild the tables and plots from the records")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
 
-def records_for_cli(cfg: EvalConfig, args, tool: str, argv: list[str] | None) -> list[dict]:
-    """The run's records for a tool's parsed ``args``: read back (``--summarize-only``), or run after
-    writing the command line (``tool``, then ``argv``, default ``sys.argv[1:]``) to ``command.txt``."""
+def records_for_cli(cfg: EvalConfig, args, tool: str, argv: list[str] | None,
+                    files: dict[str, str] | None = None) -> list[dict]:
+    """The run's records for a tool's parsed ``args``: read back (``--summarize-only``), or run,
+    writing the command line (``tool``, then ``argv``, default ``sys.argv[1:]``) to ``command.txt``
+    and ``files`` (name → text) into the run folder once it is known to take this run."""
     import shlex
     import sys
 
-    command_line = [tool, *(sys.argv[1:] if argv is None else argv)]
     if args.summarize_only:
         return load_records(cfg.run_dir / RECORDS)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / COMMAND).write_text("python " + " ".join(map(shlex.quote, command_line)) + "\n")
-    return run(cfg, progress=not args.no_progress)
+    command_line = "python " + " ".join(map(shlex.quote, [tool, *(sys.argv[1:] if argv is None else argv)])) + "\n"
+    return run(cfg, progress=not args.no_progress, fresh=args.fresh, files={COMMAND: command_line, **(files or {})})
 
 
 def _plots(summary, run_dir: Path) -> None:

@@ -124,7 +124,7 @@ def test_runs_where_a_sparse_method_ran_dense_are_flagged(tmp_path, context):
     cfg = _config(tmp_path, methods=methods, tasks=fidelity, lengths=[256], samples=1)
     records = run(cfg, progress=False, context=context)
     dense = {r["method"]: r["dense_calls"] for r in records}
-    assert dense == {"rr": 0.0, "rr-default": 1.0}  # 256 keys < the default min_sparse_len of 8192
+    assert dense == {"rr": 0.0, "rr-default": 1.0}  # 256 keys < the default min_sparse_len (the measured crossover)
     with pytest.warns(UserWarning, match=r"ran dense in rr-default fidelity L=256: .*min_sparse_len"):
         summarize(cfg, records, plots=False)
     assert "min_sparse_len: 0" in (cfg.run_dir / "table.md").read_text()

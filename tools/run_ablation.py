@@ -2,9 +2,11 @@
 
     python tools/run_ablation.py --config configs/ablation_stride_tau.yaml
 
-Writes ``<output_dir>/<run_name>/``: what ``run_eval.py`` writes (records, summary, table, plots;
-one method per grid point), ``ablation.yaml`` (the grid) and ``ablation.md`` (the pivot: first grid
-axis down, the others across, ``score (sparsity)`` per cell). Rerunning skips finished samples.
+Writes ``<output_dir>/<run_name>/`` (``runs/<run_name>/`` unless ``--output-dir`` or the config says
+otherwise): what ``run_eval.py`` writes (records, summary, table, plots; one method per grid point),
+``ablation.yaml`` (the grid) and ``ablation.md`` (the pivot: first grid axis down, the others across,
+``score (sparsity)`` per cell). Rerunning with the same settings skips finished samples; other
+settings are refused unless ``--fresh`` (see ``run_eval.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ def main(argv=None) -> int:
     if args.output_dir is not None:
         ablation = AblationConfig.from_dict({**ablation.to_dict(), "output_dir": args.output_dir})
     cfg = ablation.eval_config()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / SPEC).write_text(yaml.safe_dump(ablation.to_dict(), sort_keys=False))
-    records = records_for_cli(cfg, args, "tools/run_ablation.py", argv)
+    spec = yaml.safe_dump(ablation.to_dict(), sort_keys=False)
+    records = records_for_cli(cfg, args, "tools/run_ablation.py", argv, files={SPEC: spec})
     summary = summarize(cfg, records)
     table = write_pivot(ablation, summary, cfg.run_dir)
     print(table)

@@ -2,9 +2,16 @@
 
     python tools/run_eval.py --config configs/quickstart.yaml
 
-Writes ``<output_dir>/<run_name>/``: ``samples.jsonl`` (one record per sample, appended as it
-finishes; rerunning skips what is there), ``config.yaml``, ``environment.json``, ``summary.csv``,
-``table.md`` and one plot per task (score vs sparsity, score and sparsity vs length).
+Writes ``<output_dir>/<run_name>/``: ``runs/<run_name>/`` (git-ignored) unless ``--output-dir`` or
+the config's ``output_dir`` says otherwise; ``--output-dir results`` refreshes the committed reference
+results. The folder gets ``samples.jsonl`` (one record per sample, appended as it finishes),
+``config.yaml``, ``fingerprint.json`` (the settings that decide the records), ``command.txt``,
+``environment.json``, ``summary.csv``, ``table.md`` and one plot per task (score vs sparsity, score
+and sparsity vs length).
+
+Rerunning the same config resumes: finished samples are skipped. A folder whose records were
+computed with other settings (methods, tasks, lengths, samples, seed, model or its weights, dtype)
+is refused with an error naming the differences; ``--fresh`` deletes its records and starts over.
 """
 
 from __future__ import annotations
