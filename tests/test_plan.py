@@ -1,0 +1,93 @@
+"""AttentionPlan: planned once per layout, run per call, equal to the public functions; the
+framework hook plans once per forward pass; one dense policy with the measured crossover."""
+
+import pytest
+import torch
+
+import rrattention as rr
+from rrattention import plan as plan_module
+from tests.helpers import make_qkv
+
+CFG = rr.RRConfig(stride=4, block_size=32, tau=0.8, min_sparse_len=150, dense_layers=(1,),
+                  layer_overrides={2: {"tau": 0.5, "stride": 8}})
+
+
+def test_a_plan_runs_every_layer_as_the_public_function_does():
+    q, k, v = make_qkv(2, 4, 2, 200, 260, 32, seed=3)
+    plan = rr.AttentionPlan(CFG, q_heads=4, kv_heads=2, head_dim=32, dtype=q.dtype, device=q.device, scale=32**-0.5,
+                            batch=2, q_len=200, k_len=260)
+    for layer in (None, 0, 1, 2, 0):  # layer 1 dense, layer 2 overridden; the repeated 0 reuses its plan
+        run = plan.run(q, k, v, layer)
+        want, stats = rr.rr_attention(q, k, v, CFG, layer=layer, return_stats=True)
+        assert torch.equal(run.out, want)
+        got = plan.stats(run)
+        assert torch.equal(got.block_mask, stats.block_mask) and got.dense_reasons == stats.dense_reasons
+    assert plan.layer_plan(1).dense_reason == "layer 1 is in dense_layers"
+    assert plan.layer_plan(2).cfg.stride == 8 and plan.layer_plan(0) is plan.layer_plan(0)
+    out = torch.empty(2, 200, 4, 32).transpose(1, 2)  # written in place, any strides with a unit last one
+    assert plan.run(q, k, v, 0, out=out).out is out and torch.equal(out, rr.rr_attention(q, k, v, CFG, layer=0))
+
+
+def test_a_padding_plan_equals_each_sequence_alone():
+    q, k, v = make_qkv(2, 4, 2, 180, 180, 32, seed=4)
+    key_valid = torch.ones(2, 180, dtype=torch.bool)
+    key_valid[1, :50] = False  # left padding
+    padding = rr.PaddingPlan(CFG, key_valid.clone(), key_valid, q_heads=4, kv_heads=2, head_dim=32, dtype=q.dtype,
+                             device=q.device, scale=32**-0.5)
+    out, run = padding.run(q, k, v, 0)
+    alone = rr.rr_attention(q[1:, :, 50:], k[1:, :, 50:], v[1:, :, 50:], CFG, layer=0)
+    torch.testing.assert_close(out[1, 50:], alone[0].transpose(0, 1), atol=1e-6, rtol=1e-6)
+    assert not bool(out[1, :50].any())  # padding queries output zeros
+    assert padding.stats(run).dense_reasons == (None, "Lk=130 < min_sparse_len=150")
+    assert padding.dense_reason(1) == "layer 1 is in dense_layers"
+
+
+def test_the_hook_plans_once_per_forward_pass(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    built = []
+    for cls in (plan_module.AttentionPlan, plan_module.PaddingPlan):
+        original = cls.__init__
+
+        def counting(self, *args, _original=original, _name=cls.__name__, **kwargs):
+            built.append(_name)
+            _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    rr.hf.configure(model, rr.RRConfig(block_size=32, stride=4, tau=0.8, min_sparse_len=0))
+    ids = torch.randint(1, 128, (2, 200), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(ids, use_cache=False)
+        assert built == ["AttentionPlan"]  # no padding: one padded plan for the three layers
+        model(ids, use_cache=False)
+        assert built == ["AttentionPlan"]  # same layout, next forward: the cached plan
+        mask = torch.ones(2, 200, dtype=torch.long)
+        mask[0, :30] = 0
+        built.clear()
+        with rr.hf.collect_stats(model) as stats:
+            model(ids, attention_mask=mask, use_cache=False)
+    # the mask read once for the three layers: its packed plan inside, which (without the Triton
+    # backend, here on the CPU) plans each of the two sequences once
+    assert built == ["PaddingPlan"] + ["AttentionPlan"] * (1 if torch.cuda.is_available() else 3)
+    # dense calls report their visible blocks on the call's grid, like sparse ones
+    assert all(r.sparsity_per_head.shape == (2, 4) for r in stats.records)
+
+
+def test_the_measured_crossover_is_the_default_min_sparse_len():
+    table = rr.crossover.table()
+    assert table["entries"] and all(e["min_sparse_len"] > 0 for e in table["entries"])
+    smollm2 = next(e for e in table["entries"] if (e["head_dim"], e["q_heads"], e["kv_heads"]) == (64, 9, 3))
+    assert rr.crossover.min_sparse_len(64, 9, 3) == smollm2["min_sparse_len"]
+    # an unmeasured shape takes the nearest measured one with its head dim
+    assert rr.crossover.min_sparse_len(64, 18, 6) in {e["min_sparse_len"] for e in table["entries"] if e["head_dim"] == 64}
+    threshold = rr.crossover.min_sparse_len(32, 4, 2)
+    cfg = rr.RRConfig()
+    assert rr.dense_reason(cfg, None, threshold, threshold, head_dim=32, q_heads=4, kv_heads=2) is None
+    assert rr.dense_reason(cfg, None, 10, threshold - 1, head_dim=32, q_heads=4, kv_heads=2).startswith(
+        f"Lk={threshold - 1} < min_sparse_len={threshold}")
+    with pytest.raises(ValueError, match="needs head_dim, q_heads and kv_heads"):
+        rr.dense_reason(cfg, None, 10, 100)
+    assert rr.dense_reason(rr.RRConfig(min_sparse_len=50), None, 10, 100) is None  # an explicit value needs no shape
