@@ -21,6 +21,7 @@ from ._checks import (
 )
 from .config import AttentionConfig, RRConfig
 from .methods import rr
+from .methods.base import problem_of
 from .plan import AttentionPlan
 from .stats import RRStats
 
@@ -28,11 +29,6 @@ from .stats import RRStats
 def _resolve(cfg, layer, *, any_method: bool = False) -> tuple[AttentionConfig, int | None]:
     cfg, layer = check_config(cfg, any_method=any_method), check_layer(layer)
     return (cfg.for_layer(layer) if layer in cfg.layer_overrides else cfg), layer
-
-
-def _problem(q, shape, cfg) -> backends.Problem:
-    return backends.Problem(device=q.device, block_size=cfg.block_size, dtype=q.dtype, head_dim=shape.head_dim,
-                            stride=getattr(cfg, "stride", None), group=shape.q_heads // shape.kv_heads)
 
 
 def estimate_block_scores(
@@ -62,7 +58,7 @@ def estimate_block_scores(
     shape = check_qkv(q, k)
     cfg, layer = _resolve(cfg, layer)
     estimator, _ = rr.METHOD.prepare(cfg, layer, check_scale(scale, shape.head_dim))
-    return backends.choose("estimate", _problem(q, shape, cfg), backend).rr_scores(q, k, estimator)
+    return backends.choose("estimate", problem_of(q, k, cfg), backend).rr_scores(q, k, estimator)
 
 
 def select_blocks(
