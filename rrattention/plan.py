@@ -16,6 +16,7 @@ per call; framework hooks build one per forward pass and reuse it in every layer
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,10 +212,9 @@ class PaddingPlan:
         q_rows, k_rows = query_valid & has_query[:, None], key_valid & has_query[:, None]
         self.q_index, self.k_index = q_rows.nonzero(as_tuple=True), k_rows.nonzero(as_tuple=True)
         q_counts, k_counts = q_rows.sum(1)[has_query].tolist(), k_rows.sum(1)[has_query].tolist()
-        cu = lambda n: torch.tensor([0, *n], device=device).cumsum(0).to(torch.int32)  # noqa: E731
-        bq, bk = [0, *torch.tensor(q_counts).cumsum(0).tolist()], [0, *torch.tensor(k_counts).cumsum(0).tolist()]
-        packed = Packed(cu(q_counts), cu(k_counts), max(q_counts), max(k_counts),
-                        tuple(zip(bq, bq[1:], bk, bk[1:])))
+        bq, bk = list(itertools.accumulate(q_counts, initial=0)), list(itertools.accumulate(k_counts, initial=0))
+        cu = lambda bounds: torch.tensor(bounds, dtype=torch.int32, device=device)  # noqa: E731
+        packed = Packed(cu(bq), cu(bk), max(q_counts), max(k_counts), tuple(zip(bq, bq[1:], bk, bk[1:])))
         self.inner = AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
                                    device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages)
         self._reasons: dict[int | None, str | None] = {}
