@@ -28,7 +28,7 @@ from .stats import RRStats
 
 def _resolve(cfg, layer, *, any_method: bool = False) -> tuple[AttentionConfig, int | None]:
     cfg, layer = check_config(cfg, any_method=any_method), check_layer(layer)
-    return (cfg.for_layer(layer) if layer in cfg.layer_overrides else cfg), layer
+    return cfg.layer_config(layer), layer
 
 
 def estimate_block_scores(

@@ -114,6 +114,11 @@ class AttentionConfig:
         update = dict(self.layer_overrides.get(layer, {}))
         return dataclasses.replace(self, layer_overrides={}, **update)
 
+    def layer_config(self, layer: int | None):
+        """What :meth:`for_layer` returns, but ``self`` (no copy) for a layer without overrides: the
+        form the per-call paths use."""
+        return self.for_layer(layer) if layer in self.layer_overrides else self
+
     def is_dense_layer(self, layer: int | None) -> bool:
         return layer is not None and layer in self.dense_layers
 

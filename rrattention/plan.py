@@ -91,7 +91,7 @@ class AttentionPlan:
         return planned
 
     def _plan_layer(self, layer: int | None) -> LayerPlan:
-        cfg = self.cfg.for_layer(layer) if layer in self.cfg.layer_overrides else self.cfg
+        cfg = self.cfg.layer_config(layer)
         method = methods.for_config(cfg)
         if self.packed is None:
             reason = policy.dense_reason(cfg, layer, self.q_len, self.k_len, head_dim=self.head_dim,
@@ -224,9 +224,9 @@ class PaddingPlan:
         applies applies to every sequence; packing would only run the kernels to find that out)."""
         if layer not in self._reasons:
             inner = self.inner
-            cfg = inner.cfg.for_layer(layer) if layer in inner.cfg.layer_overrides else inner.cfg
-            self._reasons[layer] = policy.dense_reason(cfg, layer, self.q_len, self.k_len, head_dim=inner.head_dim,
-                                                       q_heads=inner.q_heads, kv_heads=inner.kv_heads)
+            self._reasons[layer] = policy.dense_reason(inner.cfg.layer_config(layer), layer, self.q_len, self.k_len,
+                                                       head_dim=inner.head_dim, q_heads=inner.q_heads,
+                                                       kv_heads=inner.kv_heads)
         return self._reasons[layer]
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int | None = None) -> tuple[torch.Tensor, PlanRun]:

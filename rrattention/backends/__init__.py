@@ -32,9 +32,6 @@ class StageBackends:
     select: Backend
     attention: Backend
 
-    def names(self) -> dict[str, str]:
-        return {stage: getattr(self, stage).name for stage in STAGES}
-
     @property
     def varlen(self) -> bool:
         """Every stage takes the packed layout in one launch."""

@@ -57,10 +57,6 @@ class Packed:
     max_seqlen_k: int
     spans: tuple[tuple[int, int, int, int], ...] | None = None
 
-    @property
-    def num_seqs(self) -> int:
-        return self.cu_seqlens_q.numel() - 1
-
     def host_spans(self) -> tuple[tuple[int, int, int, int], ...]:
         """``spans``, read from the device if not known (a host synchronisation)."""
         if self.spans is not None:

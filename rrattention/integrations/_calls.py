@@ -267,8 +267,8 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
                 out = dense()
             used, timings = {"attention": dense_name}, timer.milliseconds() if timer else {}
         if collect:
-            block_size = (state.cfg.for_layer(layer) if layer is not None else state.cfg).block_size
-            stats = padded_stats(None, batch, heads, q_len, k_len, block_size, reason, used, timings, "cpu")
+            stats = padded_stats(None, batch, heads, q_len, k_len, state.cfg.layer_config(layer).block_size, reason, used,
+                                 timings, "cpu")
     if collect:
         # A dense call (every decode step) is recorded without reading the GPU.
         per_head = torch.zeros(batch, heads) if stats.is_dense else stats.sparsity_per_head.cpu()

@@ -52,7 +52,7 @@ class Method:
                  scale: float | None = None, backend: str | None = None) -> torch.Tensor:
         """The bool block mask ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]`` for ``q [B, Hq, Lq, D]``,
         ``k [B, Hkv, Lk, D]`` (validated by the caller), a subset of the causally visible blocks."""
-        cfg = cfg.for_layer(layer) if layer in cfg.layer_overrides else cfg
+        cfg = cfg.layer_config(layer)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         ops = backends.choose_all(problem_of(q, k, cfg), backend)
         return self.select(ops, q, k, self.prepare(cfg, layer, scale)).block_mask
