@@ -68,17 +68,22 @@ class AttentionPlan:
         packed: the packed layout ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]`` instead.
         backend: force a backend for the stages it implements.
         time_stages: time each stage of every run (synchronises the GPU).
+        bind_backends: give the plan its own instance of each backend it uses (``Backend.bind``),
+            shared by its layers: the Triton backend then caches its compiled kernel launches, so
+            only a plan's first launch of each kernel pays Triton's argument binding. False: the
+            shared backends and Triton's own launch path (for comparisons).
     """
 
     def __init__(self, cfg: AttentionConfig, *, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, scale: float, batch: int | None = None, q_len: int | None = None,
                  k_len: int | None = None, packed: Packed | None = None, backend: str | None = None,
-                 time_stages: bool = False):
+                 time_stages: bool = False, bind_backends: bool = True):
         self.cfg, self.scale, self.backend, self.time_stages = cfg, scale, backend, time_stages
         self.q_heads, self.kv_heads, self.head_dim, self.dtype, self.device = q_heads, kv_heads, head_dim, dtype, device
         self.batch, self.q_len, self.k_len, self.packed = batch, q_len, k_len, packed
         self._layers: dict[int | None, LayerPlan] = {}
         self._sequences: list[AttentionPlan] | None = None  # a packed batch planned per sequence
+        self._bound: dict[str, backends.Backend] | None = {} if bind_backends else None
 
     def problem(self, cfg: AttentionConfig, varlen: bool = False) -> Problem:
         return Problem(device=self.device, block_size=cfg.block_size, dtype=self.dtype, head_dim=self.head_dim,
@@ -100,7 +105,7 @@ class AttentionPlan:
                 backends.get(self.backend)  # a misspelt name fails even when the call runs dense
             if reason is not None:
                 return LayerPlan(cfg, layer, method, reason, None, None, DENSE_BACKENDS)
-            ops = backends.choose_all(self.problem(cfg), self.backend)
+            ops = self._bind(backends.choose_all(self.problem(cfg), self.backend))
             return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale),
                              _backend_names(method, ops))
         ops = self._packed_ops(cfg, method)
@@ -118,7 +123,16 @@ class AttentionPlan:
             ops = backends.choose_all(self.problem(cfg, varlen=True), self.backend)
         except ValueError:  # no backend, or not the one forced, takes the packed layout
             return None
-        return ops if ops.varlen else None
+        return self._bind(ops) if ops.varlen else None
+
+    def _bind(self, ops: StageBackends) -> StageBackends:
+        """The plan's own instances of the chosen backends (one per backend, shared by all layers)."""
+        if self._bound is None:
+            return ops
+        for chosen in (ops.estimate, ops.select, ops.attention):
+            if chosen.name not in self._bound:
+                self._bound[chosen.name] = chosen.bind()
+        return StageBackends(self._bound[ops.estimate.name], self._bound[ops.select.name], self._bound[ops.attention.name])
 
     def sequence_plans(self) -> list["AttentionPlan"]:
         """One padded plan per sequence of a packed batch (reads the offsets once)."""
@@ -126,9 +140,12 @@ class AttentionPlan:
             self._sequences = [
                 AttentionPlan(self.cfg, q_heads=self.q_heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
                               dtype=self.dtype, device=self.device, scale=self.scale, batch=1, q_len=qb - qa,
-                              k_len=kb - ka, backend=self.backend, time_stages=self.time_stages)
+                              k_len=kb - ka, backend=self.backend, time_stages=self.time_stages,
+                              bind_backends=self._bound is not None)
                 for qa, qb, ka, kb in self.packed.host_spans()
             ]
+            for sub in self._sequences:  # the sequences share the plan's backends (and their cached launches)
+                sub._bound = self._bound
         return self._sequences
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int | None = None, *,

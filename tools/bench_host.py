@@ -8,7 +8,10 @@ queue never fills: N·4 launches stay under the driver's queue depth, and the GP
 is listed beside it). Entry points, as available in the installed version of the package:
 
 * ``rr_attention``: the public function (validation, planning, run);
-* ``plan.run``: a plan built once, run per call (what a model's layers do after the first);
+* ``plan.run``: a plan built once, run per call (what a model's layers do after the first), its
+  kernels launched through the plan's cached launchers;
+* ``plan.run, Triton launch path``: the same with ``bind_backends=False`` (every launch through
+  Triton's own argument binding: the cost the launch cache removes);
 * ``hf hook``: ``rr.hf.attention_forward`` on an attention module, as transformers calls it per layer;
 * ``graph replay``: the hook's call captured in a CUDA graph and replayed (no host work per kernel).
 """
@@ -81,6 +84,13 @@ def main() -> None:
             plan = rr.AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=dim, dtype=q.dtype, device=q.device,
                                     scale=dim**-0.5, batch=1, q_len=length, k_len=length)
             entries["plan.run"] = lambda: plan.run(q, k, v, 3)
+            try:
+                jit_plan = rr.AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=dim, dtype=q.dtype,
+                                            device=q.device, scale=dim**-0.5, batch=1, q_len=length, k_len=length,
+                                            bind_backends=False)
+                entries["plan.run, Triton launch path"] = lambda: jit_plan.run(q, k, v, 3)
+            except TypeError:  # a version without the launch cache
+                pass
         for name, fn in list(entries.items()):
             for _ in range(3):
                 fn()

@@ -4,11 +4,17 @@ dense SDPA vs rrattention at its defaults, with the sparsity rrattention chose a
     python tools/bench_prefill.py --out results/prefill/h100
 
 TTFT is one forward pass over the prompt producing the first new token's logits (no cache kept),
-median of ``--repeats`` runs after two warm-up passes, timed with CUDA events. The text is Shakespeare from
+median of ``--repeats`` runs after two warm-up passes, timed with CUDA events; ``*_host_issue_ms``
+is the host's time to issue the pass (when it is close to the TTFT the pass is host-bound). The text is Shakespeare from
 the offline corpus; lengths past the model's 8K training window are fine for timing. The NLL of
 the last 512 tokens is reported beside it (meaningful only within the 8K window). Sparsity is the
 mean over layers of spec §6's per-call sparsity; ``dense_calls`` the share of prefill attention calls
 that ran dense (spec §6: below the crossover ``min_sparse_len``, every call of the model is dense).
+
+``--profile 16384,32768`` also profiles one forward pass at those lengths with each attention
+(``torch.profiler``): wall time, the time the host took to issue the pass (host-bound when it is
+close to the wall time), the summed GPU kernel time, and the kernels that took it, written to
+``profile.md`` beside the table.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import shlex
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,25 +37,53 @@ import rrattention as rr  # noqa: E402
 from rrattention import assets  # noqa: E402
 
 
-def time_forward(model, ids, repeats: int) -> tuple[float, torch.Tensor]:
-    times = []
+def time_forward(model, ids, repeats: int) -> tuple[float, float, torch.Tensor]:
+    """(median GPU time of a pass, median host time to issue it, the warm-up's logits), ms."""
+    times, issued = [], []
     with torch.no_grad():
         logits = model(ids, logits_to_keep=513).logits  # warm-up: compilation, allocator, library handles
         model(ids, logits_to_keep=1)
         for _ in range(repeats):
+            torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            host = time.perf_counter()
             start.record()
             model(ids, logits_to_keep=1)
             end.record()
+            issued.append((time.perf_counter() - host) * 1e3)
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
-    return statistics.median(times), logits
+    return statistics.median(times), statistics.median(issued), logits
+
+
+def profile_forward(model, ids, label: str) -> tuple[dict, list]:
+    """One profiled forward pass (after the timed ones): wall, host-issue and kernel times (ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        model(ids, logits_to_keep=1)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            model(ids, logits_to_keep=1)
+            issued = time.perf_counter() - start
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:8]
+    summary = dict(L=ids.shape[1], attention=label, wall_ms=wall * 1e3, host_issue_ms=issued * 1e3,
+                   gpu_kernels_ms=total_us / 1e3, kernel_launches=sum(e.count for e in kernels))
+    rows = [dict(L=ids.shape[1], attention=label, kernel=e.key[:70], calls=e.count, ms=e.self_device_time_total / 1e3)
+            for e in top]
+    return summary, rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", default="", help="lengths to profile one forward pass at (comma-separated)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import pandas as pd
@@ -60,20 +95,28 @@ def main() -> None:
     if len(tokens) < max(lengths):
         raise SystemExit(f"the corpus has only {len(tokens)} tokens")
     cfg = rr.RRConfig()
-    rows = []
+    profiled = {int(x) for x in args.profile.split(",") if x}
+    rows, summaries, kernels = [], [], []
     for length in lengths:
         ids = tokens[:length][None].cuda()
         nll = lambda logits: torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, -512:]).item()  # noqa: E731
         model.set_attn_implementation("sdpa")
-        dense_ms, dense_logits = time_forward(model, ids, args.repeats)
+        dense_ms, dense_issue_ms, dense_logits = time_forward(model, ids, args.repeats)
+        if length in profiled:
+            summary, top = profile_forward(model, ids, "sdpa")
+            summaries.append(summary), kernels.extend(top)
         rr.hf.configure(model, cfg)
-        sparse_ms, sparse_logits = time_forward(model, ids, args.repeats)
+        sparse_ms, sparse_issue_ms, sparse_logits = time_forward(model, ids, args.repeats)
+        if length in profiled:
+            summary, top = profile_forward(model, ids, "rrattention")
+            summaries.append(summary), kernels.extend(top)
         with rr.hf.collect_stats(model) as stats, torch.no_grad():
             model(ids, logits_to_keep=1)
         prefill = stats.prefill_records()
         row = dict(L=length, sdpa_ttft_ms=dense_ms, rrattention_ttft_ms=sparse_ms, speedup=dense_ms / sparse_ms,
                    sparsity=stats.sparsity(), dense_calls=sum(r.is_dense for r in prefill) / len(prefill),
-                   nll_last512_sdpa=nll(dense_logits), nll_last512_rrattention=nll(sparse_logits))
+                   nll_last512_sdpa=nll(dense_logits), nll_last512_rrattention=nll(sparse_logits),
+                   sdpa_host_issue_ms=dense_issue_ms, rrattention_host_issue_ms=sparse_issue_ms)
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     df = pd.DataFrame(rows)
@@ -90,6 +133,13 @@ def main() -> None:
         df.to_csv(args.out / "bench_prefill.csv", index=False)
         (args.out / "bench_prefill.md").write_text(
             f"# Prefill time-to-first-token\n\n{provenance}\n\n" + df.to_markdown(index=False, floatfmt=".3f") + "\n")
+    if summaries:
+        text = (f"# One profiled forward pass\n\n{provenance}\n\n" + pd.DataFrame(summaries).to_markdown(index=False, floatfmt=".2f")
+                + "\n\nKernels that took the GPU time (top 8 per pass, self time):\n\n"
+                + pd.DataFrame(kernels).to_markdown(index=False, floatfmt=".2f") + "\n")
+        print(text)
+        if args.out is not None:
+            (args.out / "profile.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ every head-shift policy and selector) on identical inputs:
   dtype against the fp32 dense reference.
 * every output element is written (outputs are poisoned with NaN first).
 * the whole call (``rr_attention``, planned) selects exactly the mask of the stage-by-stage calls.
+* one plan run over several layers, as a model's forward pass runs it (the second and later
+  launches of each kernel go through the plan's cached launchers): every layer's output and mask
+  equal a fresh ``rr_attention`` call's bit for bit, with a misaligned input (a new Triton
+  specialisation) in between, padded and packed.
 * decode (one query, dense by spec §6) in each dtype and GQA ratio: error against fp32 attention
   over every key ≤ 2× dense SDPA's with the KV heads repeated.
 Exit status 1 if any case fails.
@@ -142,6 +146,44 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
     return ok
 
 
+def misaligned(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values in memory that starts one element past a 16-byte boundary."""
+    flat = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:]
+    return flat.view(x.shape).copy_(x)
+
+
+def check_plan_layers(name, hq, hkv, length, d, dtype, report) -> bool:
+    """Layers run through one plan (cached launches) equal independent calls, bit for bit."""
+    cfg = rr.RRConfig(tau=0.9, min_sparse_len=0)
+    g = torch.Generator(device="cuda").manual_seed(length + hq)
+    plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
+                            scale=d**-0.5, batch=1, q_len=length, k_len=length)
+    lens = [length // 3, length - length // 3]
+    cu = torch.tensor([0, lens[0], length], dtype=torch.int32, device="cuda")
+    packed_plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
+                                   scale=d**-0.5, packed=rr.backends.Packed(cu, cu, max(lens), max(lens)))
+    ok, layers = True, 0
+    for layer in range(6):
+        q = torch.randn(1, hq, length, d, device="cuda", generator=g).to(dtype) * 2
+        k = (torch.randn(1, hkv, length, d, device="cuda", generator=g) + 3 * torch.randn(1, hkv, 1, d, device="cuda", generator=g)).to(dtype)
+        v = torch.randn(1, hkv, length, d, device="cuda", generator=g).to(dtype)
+        if layer == 3:
+            q, k = misaligned(q), misaligned(k)
+        run = plan.run(q, k, v, layer)
+        want, stats = rr.rr_attention(q, k, v, cfg, layer=layer, return_stats=True)
+        ok &= torch.equal(run.out, want) and torch.equal(plan.stats(run).block_mask, stats.block_mask)
+        tq, tk, tv = (x[0].transpose(0, 1) for x in (q, k, v))  # [T, H, D] views: strided, as models pass them
+        got = packed_plan.run(tq, tk, tv, layer).out
+        want_packed = rr.rr_attention_varlen(tq, tk, tv, cu, cu, max(lens), max(lens), cfg, layer=layer)
+        ok &= torch.equal(got, want_packed)
+        layers += 1
+    cached = sum(len(b.launches) for b in plan._bound.values() if getattr(b, "launches", None) is not None)
+    ok &= cached > 0
+    report(f"{'PASS' if ok else 'FAIL'} {name:<44} {layers} layers through one plan (padded and packed) = "
+           f"independent calls, bit for bit; cached launchers {cached}")
+    return ok
+
+
 def check_decode(name, b, hq, hkv, lk, d, dtype, report) -> bool:
     g = torch.Generator(device="cuda").manual_seed(lk + hq)
     q = torch.randn(b, hq, 1, d, device="cuda", generator=g).to(dtype)
@@ -210,6 +252,8 @@ def main() -> int:
                                            ("decode MHA 5000 D128 fp16", 1, 8, 8, 5000, 128, torch.float16),
                                            ("decode GQA7 32768 D128 bf16", 1, 28, 4, 32768, 128, torch.bfloat16)][: 1 if args.small else None]:
         ok &= check_decode(name, b, hq, hkv, lk, d, dtype, report)
+    ok &= check_plan_layers("plan layers GQA3 8192 D64 bf16", 9, 3, 2048 if args.small else 8192, 64, torch.bfloat16, report)
+    ok &= check_plan_layers("plan layers GQA4 6000 D128 fp16", 32, 8, 1000 if args.small else 6000, 128, torch.float16, report)
     lens = ([100, 300, 65], [100, 500, 65]) if args.small else ([1000, 4093, 129, 2500], [1000, 4093, 129, 7000])
     # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6
     ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16,

@@ -158,6 +158,11 @@ class Backend:
         """Reasons specific to this backend (none by default)."""
         return []
 
+    def bind(self) -> "Backend":
+        """The backend as one plan uses it: a backend with per-plan state (cached kernel launches)
+        returns a fresh instance, a stateless one itself."""
+        return self
+
     def __repr__(self) -> str:
         return f"<backend {self.name!r}>"
 

@@ -23,6 +23,14 @@ class TritonBackend(Backend):
     block_sizes = frozenset({64, 128})
     requires = ("triton",)
 
+    def __init__(self, launches=None):
+        self.launches = launches  # a plan's kernels._launch.Launches; None: Triton's own launch path
+
+    def bind(self) -> "TritonBackend":
+        from ..kernels._launch import Launches
+
+        return TritonBackend(Launches())
+
     def limits(self, stage: str, problem: Problem) -> list[str]:
         if stage != "estimate" or problem.group is None or problem.stride is None:
             return []
@@ -39,7 +47,7 @@ class TritonBackend(Backend):
         return estimate_block_scores(
             q, k, stride=settings.stride, block_size=settings.block_size, head_shift=settings.head_shift,
             scale=settings.scale, layer=settings.layer, seed=settings.seed,
-            exact_stride_causal=settings.exact_stride_causal, **lengths, **_packed_args(packed),
+            exact_stride_causal=settings.exact_stride_causal, launches=self.launches, **lengths, **_packed_args(packed),
         )
 
     def antidiagonal_scores(self, q, k, *, stride: int, block_size: int, scale: float,
@@ -48,7 +56,8 @@ class TritonBackend(Backend):
 
         lengths = {} if packed is None else dict(max_seqlen_q=packed.max_seqlen_q, max_seqlen_k=packed.max_seqlen_k)
         return estimate_block_scores(q, k, stride=stride, block_size=block_size, head_shift="round_robin", scale=scale,
-                                     antidiagonal=True, **lengths, **_packed_args(packed))
+                                     antidiagonal=True, launches=self.launches, **lengths,
+                                     **_packed_args(packed))
 
     def select(self, scores, settings: SelectionSettings, q_len: int, k_len: int, packed: Packed | None = None) -> Selection:
         from ..kernels.select import select_blocks
@@ -57,7 +66,8 @@ class TritonBackend(Backend):
             scores, q_len=0 if packed else q_len, k_len=0 if packed else k_len, block_size=settings.block_size,
             tau=settings.tau, selector=settings.selector, force_sink=settings.force_sink,
             force_diagonal=settings.force_diagonal, dense_last_query_block=settings.dense_last_query_block,
-            min_sparse_len=settings.min_sparse_len, single_query_dense=settings.single_query_dense, **_packed_args(packed),
+            min_sparse_len=settings.min_sparse_len, single_query_dense=settings.single_query_dense,
+            launches=self.launches, **_packed_args(packed),
         ))
 
     def attend(self, q, k, v, selection: Selection, *, block_size: int, scale: float, packed: Packed | None = None,
@@ -67,4 +77,4 @@ class TritonBackend(Backend):
         kv_count, kv_index = selection.compact()
         lengths = {} if packed is None else dict(max_seqlen_q=packed.max_seqlen_q)
         return block_sparse_attention(q, k, v, kv_count, kv_index, block_size=block_size, scale=scale, out=out,
-                                      **lengths, **_packed_args(packed))
+                                      launches=self.launches, **lengths, **_packed_args(packed))

@@ -114,16 +114,19 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
 
     state = module_state(module)
     layer = getattr(module, "layer_idx", None)
-    if torch.compiler.is_compiling() and state.collector is None:
+    if not torch.compiler.is_compiling():
+        return _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs), None
+    if state.collector is None:
         # One opaque node of the compiled graph (integrations/custom_op.py): no graph break.
         out = torch.ops.rrattention.attention(query, key, value, attention_mask, state.config_json,
                                               -1 if layer is None else layer, check_scale(scaling, query.shape[-1]),
                                               state.backend or "")
         return out, None
-    return _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs), None
+    # Statistics are read on the host: a compiled graph that collects them breaks here.
+    return torch.compiler.disable(_eager_forward)(module, state, layer, query, key, value, attention_mask, scaling,
+                                                  dropout, **kwargs), None
 
 
-@torch.compiler.disable  # statistics are read on the host: a compiled graph that collects them breaks here
 def _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs):
     def dense():
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -27,6 +27,11 @@ _CONFIGS = {
 }
 
 
+def cdiv(a: int, b: int) -> int:
+    # triton.cdiv is a constexpr function in recent Triton: several microseconds per host call.
+    return -(-a // b)
+
+
 def next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 

@@ -10,13 +10,15 @@ GQA reads K/V of head ``h // G`` without repeating them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, launch_config, next_pow2, sequence_bounds
+from ._common import cdiv, dot_precision, launch_config, next_pow2, sequence_bounds
+from ._launch import Launches, launch
 
 
 @triton.jit
@@ -125,6 +127,7 @@ def block_sparse_attention(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     config: dict | None = None,
+    launches: Launches | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel; arguments are assumed validated (see ``rrattention.api``).
 
@@ -140,45 +143,49 @@ def block_sparse_attention(
     """
     varlen = cu_seqlens_q is not None
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    head_dim = q.shape[-1]
-    if varlen:
-        num_seqs, q_heads = cu_seqlens_q.numel() - 1, q.shape[1]
-        group = q_heads // k.shape[1]
-        out = torch.empty_like(q) if out is None else out
-        lse = torch.empty(q_heads, q.shape[0], dtype=torch.float32, device=q.device) if lse is None else lse
-        # [T, H, D]: no batch stride; token stride is dim 0
-        q_strides = (0, q.stride(1), q.stride(0))
-        k_strides = (0, k.stride(1), k.stride(0))
-        v_strides = (0, v.stride(1), v.stride(0))
-        o_strides = (0, out.stride(1), out.stride(0))
-        l_strides = (0, lse.stride(0), lse.stride(1))
+    num_seqs = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
+    out = torch.empty_like(q) if out is None else out
+    if lse is None:
+        lse_shape = (q.shape[1], q.shape[0]) if varlen else q.shape[:3]
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    if kv_count.shape[:2] != (num_seqs, q.shape[1]):  # a mask shared across sequences or heads
+        kv_count = kv_count.expand(num_seqs, q.shape[1], -1)
+    if kv_index.shape[:2] != (num_seqs, q.shape[1]):
+        kv_index = kv_index.expand(num_seqs, q.shape[1], -1, -1)
+    if kv_index.stride(-1) != 1:
+        kv_index = kv_index.contiguous()
+    grid, scalars, constexprs = _attention_geometry(
+        q.shape, q.stride(), k.shape, k.stride(), v.stride(), out.stride(), lse.stride(), kv_count.stride(),
+        kv_index.shape, kv_index.stride(), q.dtype, num_seqs, varlen, max_seqlen_q, block_size, scale,
+        tuple(sorted(config.items())) if config else (),
+    )
+    dummy = kv_count  # CuSeq pointers are unused without VARLEN
+    launch(_attention_fwd_kernel, grid, (q, k, v, out, lse, kv_count, kv_index, cu_seqlens_q if varlen else dummy,
+                                         cu_seqlens_k if varlen else dummy), scalars, constexprs, launches)
+    return out, lse
+
+
+@functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
+def _attention_geometry(q_shape, q_stride, k_shape, k_stride, v_stride, o_stride, l_stride, count_stride, index_shape,
+                        index_stride, dtype, num_seqs, varlen, max_seqlen_q, block_size, scale, config):
+    head_dim, q_heads = q_shape[-1], q_shape[1]
+    group = q_heads // k_shape[1]
+    if varlen:  # [T, H, D]: no batch stride; the token stride is dim 0
+        q_strides, k_strides, v_strides, o_strides = ((0, x[1], x[0]) for x in (q_stride, k_stride, v_stride, o_stride))
+        l_strides = (0, l_stride[0], l_stride[1])
         q_len_fixed = k_len_fixed = 0
         grid_q = max_seqlen_q
     else:
-        num_seqs, q_heads, q_len_fixed, _ = q.shape
-        k_len_fixed = k.shape[2]
-        group = q_heads // k.shape[1]
-        out = torch.empty_like(q) if out is None else out
-        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if lse is None else lse
-        q_strides, k_strides, v_strides, o_strides = (x.stride()[:3] for x in (q, k, v, out))
-        l_strides = lse.stride()
+        q_strides, k_strides, v_strides, o_strides = (x[:3] for x in (q_stride, k_stride, v_stride, o_stride))
+        l_strides = l_stride
+        q_len_fixed, k_len_fixed = q_shape[2], k_shape[2]
         grid_q = q_len_fixed
-    cfg = launch_config("attention", head_dim=head_dim, block_size=block_size, dtype=q.dtype, override=config)
-    kv_count = kv_count.expand(num_seqs, q_heads, -1)
-    kv_index = kv_index.expand(num_seqs, q_heads, -1, -1)
-    if kv_index.stride(-1) != 1:
-        kv_index = kv_index.contiguous()
-    dummy = kv_count  # CuSeq pointers are unused without VARLEN
-    grid = (triton.cdiv(grid_q, cfg["BLOCK_M"]), q_heads, num_seqs)
-    _attention_fwd_kernel[grid](
-        q, k, v, out, lse, kv_count, kv_index,
-        cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
-        *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
-        *kv_count.stride(), *kv_index.stride()[:3],
-        q_len_fixed, k_len_fixed, kv_index.shape[-1], scale * math.log2(math.e),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
-        BLOCK_K=max(16, next_pow2(kv_index.shape[-1])),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], VARLEN=varlen, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    return out, lse
+    cfg = launch_config("attention", head_dim=head_dim, block_size=block_size, dtype=dtype, override=dict(config))
+    n_kblocks = index_shape[-1]
+    scalars = (*q_strides, *k_strides, *v_strides, *o_strides, *l_strides, *count_stride, *index_stride[:3],
+               q_len_fixed, k_len_fixed, n_kblocks, scale * math.log2(math.e))
+    constexprs = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
+                      BLOCK_K=max(16, next_pow2(n_kblocks)), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                      VARLEN=varlen, DOT_PRECISION=dot_precision(dtype), num_warps=cfg["num_warps"],
+                      num_stages=cfg["num_stages"])
+    return (cdiv(grid_q, cfg["BLOCK_M"]), q_heads, num_seqs), scalars, constexprs

@@ -15,14 +15,17 @@ Two kernels:
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ..reference.sampling import layer_hash as random_layer_hash
-from ._common import dot_precision, launch_config, next_pow2, sequence_bounds
+from ._common import cdiv, dot_precision, launch_config, next_pow2, sequence_bounds
+from ._launch import Launches, launch
 
 POLICIES = {"round_robin": 0, "fixed": 1, "random": 2, "group_round_robin": 3}
 
@@ -246,6 +249,7 @@ def estimate_block_scores(
     out: torch.Tensor | None = None,
     config: dict | None = None,
     antidiagonal: bool = False,
+    launches: Launches | None = None,
 ) -> torch.Tensor:
     """Launch the estimator; arguments are assumed validated (see ``rrattention.api``).
 
@@ -254,57 +258,93 @@ def estimate_block_scores(
     ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
     ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
-    ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``).
+    ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
+    launch cache (:mod:`rrattention.kernels._launch`).
     """
     varlen = cu_seqlens_q is not None
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
-    head_dim = q.shape[-1]
+    geo = _estimate_geometry(
+        q.shape, q.stride(), k.shape, k.stride(), q.dtype, cu_seqlens_q.numel() - 1 if varlen else None,
+        max_seqlen_q, max_seqlen_k, stride, block_size, head_shift, scale,
+        random_layer_hash(seed, layer) if head_shift == "random" else 0, exact_stride_causal, antidiagonal,
+        tuple(sorted(config.items())) if config else (),
+    )
+    if antidiagonal:  # keys are read token by token: no stride means
+        means = (k.new_empty(1, 1, 1, 1),) * 3
+    else:
+        split_means = torch.empty(geo.means_shape, dtype=geo.means_dtype, device=q.device).unbind(0)
+        means = (*split_means, *(split_means[0],) * (3 - len(split_means)))  # unused pointers
+        launch(_stride_means_kernel, geo.means_grid, (k, *means, cu_seqlens_k if varlen else means[0]),
+               geo.means_scalars, geo.means_constexprs, launches)
+    if out is None:
+        out = (torch.zeros if varlen else torch.empty)(geo.scores_shape, dtype=torch.float32, device=q.device)
+    dummy = means[0]
+    launch(_estimate_kernel, geo.grid,
+           (q, k, *means, out, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy),
+           (*geo.leading_scalars, *out.stride()[:3], *geo.trailing_scalars), geo.constexprs, launches)
+    return out
+
+
+class _EstimateGeometry(NamedTuple):
+    """Everything about the estimator's launches that depends on shapes and settings only."""
+
+    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D]
+    means_dtype: torch.dtype
+    means_grid: tuple
+    means_scalars: tuple
+    means_constexprs: dict
+    scores_shape: tuple
+    grid: tuple
+    leading_scalars: tuple  # the estimator's scalars before the scores' strides
+    trailing_scalars: tuple  # and after them
+    constexprs: dict
+
+
+@functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
+def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, max_seqlen_q, max_seqlen_k, stride,
+                       block_size, head_shift, scale, layer_hash, exact_stride_causal, antidiagonal,
+                       config) -> _EstimateGeometry:
+    varlen = num_packed is not None
+    head_dim = q_shape[-1]
     if varlen:
-        num_seqs, q_heads, kv_heads = cu_seqlens_q.numel() - 1, q.shape[1], k.shape[1]
+        num_seqs, q_heads, kv_heads = num_packed, q_shape[1], k_shape[1]
         q_len_fixed = k_len_fixed = 0
-        q_strides, k_strides = (0, q.stride(1), q.stride(0)), (0, k.stride(1), k.stride(0))
+        q_strides, k_strides = (0, q_stride[1], q_stride[0]), (0, k_stride[1], k_stride[0])
         max_q, max_k = max_seqlen_q, max_seqlen_k
     else:
-        num_seqs, q_heads, q_len_fixed, _ = q.shape
-        kv_heads, k_len_fixed = k.shape[1], k.shape[2]
-        q_strides, k_strides = q.stride()[:3], k.stride()[:3]
+        num_seqs, q_heads, q_len_fixed, _ = q_shape
+        kv_heads, k_len_fixed = k_shape[1], k_shape[2]
+        q_strides, k_strides = q_stride[:3], k_stride[:3]
         max_q, max_k = q_len_fixed, k_len_fixed
     group = q_heads // kv_heads
     per_block = block_size // stride
     cfg = launch_config("estimate_antidiagonal" if antidiagonal else "estimate", head_dim=head_dim,
-                        block_size=block_size, dtype=q.dtype, override=config)
-    splits = cfg.pop("SPLITS", _splits(q.dtype))
+                        block_size=block_size, dtype=dtype, override=dict(config))
+    splits = cfg.pop("SPLITS", _splits(dtype))
     group_pad = next_pow2(group)
     block_m = max(per_block, cfg.pop("ROWS") // group_pad)
     block_n = max(per_block, cfg.pop("BLOCK_N"))
-
-    n_strides = triton.cdiv(max_k, stride)
-    if antidiagonal:  # keys are read token by token: no stride means
-        means = [k.new_empty(1, 1, 1, 1)] * 3
+    n_strides = cdiv(max_k, stride)
+    means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
+    mean_strides = (kv_heads * n_strides * head_dim, n_strides * head_dim, head_dim)  # of one contiguous split
+    block_s = 64
+    if antidiagonal:
         scale = scale / stride
-    else:
-        means_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
-        means = [torch.empty(num_seqs, kv_heads, n_strides, head_dim, dtype=means_dtype, device=q.device) for _ in range(splits)]
-        means += [means[0]] * (3 - splits)  # unused pointers
-        block_s = 64
-        _stride_means_kernel[(triton.cdiv(n_strides, block_s), kv_heads, num_seqs)](
-            k, *means, cu_seqlens_k if varlen else means[0],
-            *k_strides, *means[0].stride()[:3], k_len_fixed, n_strides,
-            STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s, SPLITS=splits, VARLEN=varlen,
-        )
-    dummy = means[0]
-    shape = (num_seqs, q_heads, triton.cdiv(max_q, block_size), triton.cdiv(max_k, block_size))
-    if out is None:
-        out = (torch.zeros if varlen else torch.empty)(shape, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(triton.cdiv(max_q, stride), block_m), kv_heads, num_seqs)
-    _estimate_kernel[grid](
-        q, k, *means, out, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
-        *q_strides, *k_strides, *means[0].stride()[:3], *out.stride()[:3],
-        q_len_fixed, k_len_fixed, scale * math.log2(math.e), random_layer_hash(seed, layer) if head_shift == "random" else 0,
-        GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
-        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, SPLITS=splits,
-        EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen, ANTIDIAGONAL=antidiagonal,
-        DOT_PRECISION=dot_precision(q.dtype), **cfg,
+    return _EstimateGeometry(
+        means_shape=means_shape,
+        means_dtype=torch.float32 if dtype == torch.float32 else dtype,
+        means_grid=(cdiv(n_strides, block_s), kv_heads, num_seqs),
+        means_scalars=(*k_strides, *mean_strides, k_len_fixed, n_strides),
+        means_constexprs=dict(STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s,
+                              SPLITS=splits, VARLEN=varlen),
+        scores_shape=(num_seqs, q_heads, cdiv(max_q, block_size), cdiv(max_k, block_size)),
+        grid=(cdiv(cdiv(max_q, stride), block_m), kv_heads, num_seqs),
+        # antidiagonal: the means' strides are unused (the pointers are placeholders)
+        leading_scalars=(*q_strides, *k_strides, *mean_strides),
+        trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash),
+        constexprs=dict(GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
+                        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
+                        SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,
+                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype), **cfg),
     )
-    return out

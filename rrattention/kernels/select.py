@@ -9,11 +9,14 @@ leaves the device, so the whole path can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ._common import next_pow2, sequence_bounds
+from ._launch import Launches, launch
 
 
 @triton.jit
@@ -90,6 +93,7 @@ def select_blocks(
     cu_seqlens_k: torch.Tensor | None = None,
     min_sparse_len: int = 0,
     single_query_dense: bool = False,
+    launches: Launches | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the selection; arguments are assumed validated (see ``rrattention.api``).
 
@@ -105,18 +109,28 @@ def select_blocks(
     """
     varlen = cu_seqlens_q is not None
     scores = scores if scores.stride(-1) == 1 else scores.contiguous()
-    batch, heads, n_qblocks, n_kblocks = scores.shape
-    mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    mask = torch.empty(scores.shape, dtype=torch.int8, device=scores.device)
     kv_count = torch.empty(scores.shape[:3], dtype=torch.int32, device=scores.device)
     kv_index = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
-    dummy = kv_count
-    _select_kernel[(n_qblocks, heads, batch)](
-        scores, mask.view(torch.int8), kv_count, kv_index,
-        cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
-        *scores.stride()[:3], *mask.stride()[:3], *kv_count.stride(), *kv_index.stride()[:3],
-        0 if varlen else q_len, 0 if varlen else k_len, n_kblocks, 1.0 - tau, min_sparse_len, int(single_query_dense),
-        BLOCK_SIZE=block_size, BLOCK_K=max(16, next_pow2(n_kblocks)), FORCED_FIRST=selector == "forced_first",
-        FORCE_SINK=force_sink, FORCE_DIAGONAL=force_diagonal, DENSE_LAST=dense_last_query_block, VARLEN=varlen,
-        num_warps=4 if n_kblocks <= 512 else 8,
+    grid, scalars, constexprs = _select_geometry(
+        scores.shape, scores.stride(), varlen, q_len, k_len, block_size, tau, selector, force_sink, force_diagonal,
+        dense_last_query_block, min_sparse_len, single_query_dense,
     )
-    return mask, kv_count, kv_index
+    dummy = kv_count
+    launch(_select_kernel, grid, (scores, mask, kv_count, kv_index, cu_seqlens_q if varlen else dummy,
+                                  cu_seqlens_k if varlen else dummy), scalars, constexprs, launches)
+    return mask.view(torch.bool), kv_count, kv_index
+
+
+@functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
+def _select_geometry(shape, score_stride, varlen, q_len, k_len, block_size, tau, selector, force_sink, force_diagonal,
+                     dense_last_query_block, min_sparse_len, single_query_dense):
+    batch, heads, n_qblocks, n_kblocks = shape
+    grid_strides = (heads * n_qblocks * n_kblocks, n_qblocks * n_kblocks, n_kblocks)  # mask and kv_index
+    count_strides = (heads * n_qblocks, n_qblocks, 1)
+    scalars = (*score_stride[:3], *grid_strides, *count_strides, *grid_strides, 0 if varlen else q_len,
+               0 if varlen else k_len, n_kblocks, 1.0 - tau, min_sparse_len, int(single_query_dense))
+    constexprs = dict(BLOCK_SIZE=block_size, BLOCK_K=max(16, next_pow2(n_kblocks)), FORCED_FIRST=selector == "forced_first",
+                      FORCE_SINK=force_sink, FORCE_DIAGONAL=force_diagonal, DENSE_LAST=dense_last_query_block,
+                      VARLEN=varlen, num_warps=4 if n_kblocks <= 512 else 8)
+    return (n_qblocks, heads, batch), scalars, constexprs
