@@ -35,10 +35,10 @@ import rrattention as rr  # noqa: E402
 from rrattention import assets  # noqa: E402
 
 
-def load(length: int):
+def load(length: int, dtype: torch.dtype = torch.bfloat16):
     cached = [assets.cache_dir() / name for name in ("SmolLM2-135M-Instruct.Q4_1.gguf", "shakespeare.txt")]
     if all(path.exists() for path in cached):  # never download here: GPU machines may have no network
-        tokenizer, model = assets.load_smollm2(device="cuda", dtype=torch.bfloat16)
+        tokenizer, model = assets.load_smollm2(device="cuda", dtype=dtype)
         tokens = tokenizer(assets.corpus("shakespeare")[: 6 * length], return_tensors="pt").input_ids[0]
         return model, tokens[:length][None].cuda(), "SmolLM2-135M-Instruct (real weights), Shakespeare"
     else:
@@ -49,7 +49,7 @@ def load(length: int):
                                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                                           rope_theta=1e5, tie_word_embeddings=True)
         torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+        model = transformers.LlamaForCausalLM(config).to("cuda", dtype).eval()
         ids = torch.randint(0, 49152, (1, length), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
         return model, ids, "random-weight model of SmolLM2's shape, random tokens"
 
@@ -63,6 +63,39 @@ def failure(err: Exception) -> str:
 
 def rel_err(x, ref) -> float:
     return float((x.float() - ref.float()).norm() / ref.float().norm())
+
+
+def capture_diagnostics(model, ids, report) -> None:
+    """Which part does not capture: the model with SDPA alone, and the attention op alone."""
+    torch.cuda.synchronize()
+    torch._dynamo.reset()
+    model.set_attn_implementation("sdpa")
+    try:
+        graphed = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            graphed(ids, use_cache=False, logits_to_keep=256)
+        report("info: the same model with SDPA attention replays under reduce-overhead")
+    except Exception as err:
+        report(f"info: the same model with SDPA attention fails under reduce-overhead too: {failure(err)}")
+    torch._dynamo.reset()
+    rr.hf.configure(model, rr.RRConfig(min_sparse_len=0))
+    attn = rr.hf.attention_modules(model)[0]
+    heads, kv_heads, dim = model.config.num_attention_heads, model.config.num_key_value_heads, attn.head_dim
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, ids.shape[1], heads, dim, device="cuda", generator=g, dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(1, kv_heads, ids.shape[1], dim, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+    from rrattention.integrations import _calls
+
+    state = _calls.module_state(attn)
+    op = lambda q, k, v: torch.ops.rrattention.attention(q, k, v, None, state.config_json, 3, dim**-0.5, "")  # noqa: E731
+    try:
+        want = op(q, k, v)
+        graphed_op = torch.compile(op, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            got = graphed_op(q, k, v).clone()
+        report(f"info: the attention op alone replays under reduce-overhead, output identical {torch.equal(got, want)}")
+    except Exception as err:
+        report(f"info: the attention op alone fails under reduce-overhead: {failure(err)}")
 
 
 def main() -> int:
@@ -120,8 +153,7 @@ def main() -> int:
             report(f"info: raw capture of the eager forward failed (transformers {transformers.__version__}): "
                    f"{failure(err)}")
 
-        reference = model.float()(ids, use_cache=False, logits_to_keep=256).logits
-        model.to(torch.bfloat16)
+        reference = load(args.length, torch.float32)[0](ids, use_cache=False, logits_to_keep=256).logits  # fp32 copy
         err_eager = rel_err(eager, reference)
         got = None
         try:
@@ -147,6 +179,7 @@ def main() -> int:
         except Exception as err:  # a capture failure
             good_replay = False
             report(f"FAIL torch.compile(mode='reduce-overhead'): {failure(err)}")
+            capture_diagnostics(model, ids, report)
         good &= good_replay
         ok &= good
     report("ALL PASS" if ok else "SOME CHECKS FAILED")

@@ -18,6 +18,8 @@ import torch
 
 from .._checks import check_qkv, check_scale
 from ..config import AttentionConfig, RRConfig
+from ..plan import AttentionPlan, PaddingPlan
+from ..stats import padded_stats
 from ..timing import StageTimer, stage
 
 STATE_ATTR = "rrattention_state"  # the attribute each attention layer of a configured model carries
@@ -198,14 +200,11 @@ class MaskedDense:
 def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
           allowed: Callable[[], torch.Tensor | None], scaling: float | None, timing: bool):
     """The call's plan: from the cache, or built (validating the shapes once, reading a mask once)."""
-    from ..plan import AttentionPlan, PaddingPlan
-
-    batch, q_heads, q_len, head_dim = query.shape
-    kv_heads, k_len = key.shape[1], key.shape[2]
-    layout = (id(mask) if mask is not None else None, batch, q_heads, kv_heads, q_len, k_len, head_dim, query.dtype,
-              query.device, scaling, timing)
+    layout = (None if mask is None else id(mask), query.shape, key.shape, query.dtype, query.device, scaling, timing)
 
     def build():
+        batch, q_heads, q_len, head_dim = query.shape
+        kv_heads, k_len = key.shape[1], key.shape[2]
         check_qkv(query, key)
         scale = check_scale(scaling, head_dim)
         dims = dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=query.dtype, device=query.device,
@@ -235,9 +234,6 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     mask and with ``1 < Lq < Lk``, which frameworks do not make, runs the library's bottom-right
     causal SDPA instead). Appends a :class:`CallRecord` when a collector is active.
     """
-    from ..plan import PaddingPlan
-    from ..stats import padded_stats
-
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
     collect = state.collector is not None
@@ -248,6 +244,8 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         reason = plan.dense_reason(layer)
     else:
         reason = plan.layer_plan(layer).dense_reason
+    if reason is not None and not collect and not (mask is None and 1 < q_len < k_len):
+        return dense()  # the common dense call (decode, short prompts): nothing else to do or record
     stats = None
     if reason is None and isinstance(plan, PaddingPlan):
         out, run = plan.run(query, key, value, layer)

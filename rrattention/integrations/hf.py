@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from . import custom_op  # noqa: F401  (registers torch.ops.rrattention.attention)
 from .._checks import check_scale
@@ -129,8 +130,6 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
 
 def _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs):
     def dense():
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
     out = attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask), scaling,
