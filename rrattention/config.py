@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Mapping
 
 HEAD_SHIFTS = ("round_robin", "fixed", "random", "group_round_robin")
 SELECTORS = ("top_tau", "forced_first")
+ESTIMATOR_PRECISIONS = ("exact", "fast")
 
 # Fields a layer override may not change: they describe the whole model, not one layer.
 _MODEL_WIDE_FIELDS = ("dense_layers", "seed", "layer_overrides")
@@ -171,6 +172,11 @@ class RRConfig(AttentionConfig):
         dense_last_query_block: keep every visible block of the last query-block row.
         exact_stride_causal: in the estimator, drop the keys of the diagonal stride that lie after
             the sampled query (they count as zero, the divisor stays ``S``); an ablation.
+        estimator_precision: how the Triton estimator holds the fp32 stride-mean keys for 16-bit
+            inputs: ``exact`` (a sum of two or three 16-bit terms, so the logits equal fp32 ones)
+            or ``fast`` (the mean rounded once to the input's dtype, as the paper's code does:
+            one tensor-core product instead of three). fp32 inputs are exact either way; the
+            reference backend rounds the same way.
         min_sparse_len: calls with key length below this run dense attention (§6). ``None`` (the
             default): the dense/sparse crossover measured on the target GPU for the call's head dim
             and query/KV heads (:mod:`rrattention.crossover`, written by tools/measure_crossover.py).
@@ -189,6 +195,7 @@ class RRConfig(AttentionConfig):
     force_diagonal: bool = True
     dense_last_query_block: bool = True
     exact_stride_causal: bool = False
+    estimator_precision: str = "exact"
     min_sparse_len: int | None = None
     dense_layers: tuple[int, ...] = ()
     seed: int = 0
@@ -209,6 +216,7 @@ class RRConfig(AttentionConfig):
         set_("tau", _check_fraction("tau", self.tau))
         _check_choice("head_shift", self.head_shift, HEAD_SHIFTS)
         _check_choice("selector", self.selector, SELECTORS)
+        _check_choice("estimator_precision", self.estimator_precision, ESTIMATOR_PRECISIONS)
         for name in ("force_sink", "force_diagonal", "dense_last_query_block", "exact_stride_causal"):
             _check_bool(name, getattr(self, name))
         self._validate_common()

@@ -32,6 +32,7 @@ def test_defaults_match_the_documented_signature():
         ({"tau": "0.9"}, TypeError, r"tau must be a float"),
         ({"head_shift": "roundrobin"}, ValueError, r"head_shift must be one of .*'round_robin'"),
         ({"selector": "topk"}, ValueError, r"selector must be one of .*'forced_first'"),
+        ({"estimator_precision": "bf16"}, ValueError, r"estimator_precision must be one of .*'exact'.*'fast'"),
         ({"force_sink": 1}, TypeError, r"force_sink must be a bool"),
         ({"dense_last_query_block": "yes"}, TypeError, r"dense_last_query_block must be a bool"),
         ({"exact_stride_causal": None}, TypeError, r"exact_stride_causal must be a bool"),

@@ -55,6 +55,30 @@ def test_estimator_matches_reference(batch, hq, hkv, lq, lk, dim, stride, block,
     torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
 
 
+@pytest.mark.parametrize("lq, lk, exact", [(200, 330, False), (300, 300, True)])
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if GPU else []))
+def test_fast_estimator_matches_the_reference_rounding_the_same_way(lq, lk, exact, dtype):
+    q, k, _ = make_qkv(1, 4, 2, lq, lk, 64, dtype=dtype, device=DEVICE, seed=lq + 1)
+    fast = rr.RRConfig(stride=8, block_size=64, exact_stride_causal=exact, estimator_precision="fast")
+    want = rr.estimate_block_scores(q, k, fast, backend="reference")
+    got = estimate_kernel(q, k, stride=8, block_size=64, head_shift="round_robin", scale=64**-0.5,
+                          exact_stride_causal=exact, precision="fast", config=_estimate_config())
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+    exact_scores = rr.estimate_block_scores(q, k, dataclasses.replace(fast, estimator_precision="exact"), backend="reference")
+    assert float((want - exact_scores).abs().max()) > 1e-6  # the rounded means do change the scores
+
+
+def test_fp32_inputs_are_exact_in_either_mode():
+    q, k, _ = make_qkv(1, 2, 1, 200, 200, 32, dtype=torch.float32, device=DEVICE, seed=9)
+    cfg = rr.RRConfig(stride=8, block_size=64)
+    exact = rr.estimate_block_scores(q, k, cfg, backend="reference")
+    fast = rr.estimate_block_scores(q, k, dataclasses.replace(cfg, estimator_precision="fast"), backend="reference")
+    got = estimate_kernel(q, k, stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5, precision="fast",
+                          config=_estimate_config())
+    assert torch.equal(exact, fast)
+    torch.testing.assert_close(got, exact, atol=2e-6, rtol=2e-6)
+
+
 @pytest.mark.parametrize(
     "selector, flags, tau",
     list(itertools.product(["top_tau", "forced_first"], [(True, True, True), (False, True, False), (False, False, False)], [0.6, 1.0])),
@@ -128,6 +152,11 @@ def test_dispatch_reports_why_backends_decline():
     assert any("block_size 96 not in [64, 128]" in r for r in reasons["triton"])
     assert any("head dim 512 outside [16, 256]" in r for r in reasons["triton"])
     assert any("no packed variable-length layout" in r for r in reasons["flex"])
+    for why in ("block_size 96 not in [128]", "head dim 512 not in [64, 128]", "no packed variable-length layout",
+                "runs on cuda tensors, got cpu"):
+        assert any(why in r for r in reasons["fa4"]), (why, reasons["fa4"])
+    if not backends.base.importable("flash_attn.cute"):
+        assert any("needs the package(s) flash_attn.cute, cutlass" in r for r in reasons["fa4"])
     assert backends.explain("estimate", problem)["flex"] == ["does not implement the estimate stage (implements attention)"]
     big_group = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=128, stride=4, group=32)
     assert any("512-row tile" in r for r in backends.explain("estimate", big_group)["triton"])
@@ -136,7 +165,7 @@ def test_dispatch_reports_why_backends_decline():
     if not GPU:
         with pytest.raises(ValueError, match="backend .triton. cannot run the estimate stage: runs on cuda tensors, got cpu"):
             rr.rr_attention(q, k, v, rr.RRConfig(block_size=64, min_sparse_len=0), backend="triton")
-    with pytest.raises(ValueError, match="backend must be one of 'triton', 'flex', 'reference', got 'cuda'"):
+    with pytest.raises(ValueError, match="backend must be one of 'fa4', 'triton', 'flex', 'reference', got 'cuda'"):
         rr.rr_attention(q, k, v, backend="cuda")
     _, stats = rr.rr_attention(q, k, v, rr.RRConfig(block_size=64, min_sparse_len=0), return_stats=True, backend="reference")
     assert stats.backends == {"method": "rrattention", "estimate": "reference", "select": "reference", "attention": "reference"}
@@ -153,3 +182,33 @@ def test_xattention_estimator_matches_its_reference(batch, hq, hkv, lq, lk, dim,
                           antidiagonal=True, out=torch.full_like(want, float("nan")), config=_estimate_config())
     assert not bool(got.isnan().any())
     torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+
+
+def test_fa4_is_declined_where_its_block_sparse_forward_is_wrong_or_unverified():
+    from rrattention.backends.fa4 import architecture_reasons
+
+    assert architecture_reasons((9, 0)) == []
+    assert "#2897" in architecture_reasons((8, 0))[0] and "silently ignores" in architecture_reasons((8, 6))[0]
+    assert "#2727" in architecture_reasons((10, 0))[0] and "256-row" in architecture_reasons((10, 0))[0]
+    assert "verified here on SM90 only" in architecture_reasons((12, 0))[0]
+
+
+@pytest.mark.parametrize("q_len, k_len", [(512, 512), (300, 700), (129, 1000), (64, 64)])
+def test_fa4_block_lists_split_a_mask_into_partial_and_full_tiles(q_len, k_len):
+    """Against the definition: a selected tile is full iff every query of its row sees every key of it."""
+    from rrattention.kernels.block_lists import block_lists
+
+    bk = 128
+    g = torch.Generator().manual_seed(q_len + k_len)
+    visible = rr.reference.visible_blocks(q_len, k_len, bk, "cpu")
+    mask = (torch.rand(2, 3, *visible.shape, generator=g) < 0.6) & visible
+    pc, pi, fc, fi = block_lists(mask.to(DEVICE), q_len=q_len, k_len=k_len, block_size=bk)
+    delta = k_len - q_len
+    for b, h, i in itertools.product(range(2), range(3), range(visible.shape[0])):
+        rows = torch.arange(i * bk, min((i + 1) * bk, q_len)) + delta  # key positions the row's queries reach
+        full, partial = [], []
+        for j in mask[b, h, i].nonzero().flatten().tolist():
+            keys = torch.arange(j * bk, (j + 1) * bk)
+            (full if bool((keys[None, :] <= rows[:, None]).all()) and (j + 1) * bk <= k_len else partial).append(j)
+        assert (int(fc[b, h, i]), int(pc[b, h, i])) == (len(full), len(partial))
+        assert fi[b, h, i, : len(full)].tolist() == full and pi[b, h, i, : len(partial)].tolist() == partial

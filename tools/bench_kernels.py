@@ -1,5 +1,7 @@
-"""Kernel benchmark: dense SDPA (flash, cuDNN), FlexAttention and our block-sparse kernel at fixed
-densities, our estimator + selection, and the estimators of the baseline methods, side by side.
+"""Kernel benchmark: dense SDPA (flash, cuDNN), FlexAttention, our block-sparse kernel and (when
+``flash-attn-4`` is installed and accepts the GPU) FlashAttention-4 dense and block-sparse through
+the ``fa4`` backend at fixed densities, our estimator + selection, and the estimators of the baseline
+methods, side by side.
 
     python tools/bench_kernels.py --out results/kernels/h100
 
@@ -124,6 +126,13 @@ def main() -> None:
             with sdpa_kernel(backend):
                 row[name] = bench(lambda: F.scaled_dot_product_attention(q, kr, vr, is_causal=True))
         cudnn = row["sdpa_cudnn_ms"]
+        fa4 = rr.backends.get("fa4")
+        fa4_ok = not fa4.not_supported_reasons("attention", rr.methods.base.problem_of(q, k, rr.RRConfig(block_size=block)))
+        if fa4_ok:
+            from flash_attn.cute import flash_attn_func
+
+            qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+            row["fa4_dense_ms"] = bench(lambda: flash_attn_func(qt, kt, vt, softmax_scale=scale, causal=True))
         for density in densities:
             mask = random_mask(hq, length, block, density, seed=length)
             count, index = rr.to_kv_index(mask)
@@ -134,6 +143,11 @@ def main() -> None:
             row[f"ours_d{density:g}_density"] = actual
             # per-block throughput relative to cuDNN dense: 1.0 = as fast per computed block
             row[f"ours_d{density:g}_vs_cudnn"] = cudnn * actual / t
+            if fa4_ok:
+                selection = rr.backends.Selection(mask)
+                t4 = bench(lambda: fa4.attend(q, k, v, selection, block_size=block, scale=scale))
+                row[f"fa4_d{density:g}_ms"] = t4
+                row[f"fa4_d{density:g}_vs_cudnn"] = cudnn * actual / t4
             if not args.no_flex:
                 tf = bench(lambda: flex_sparse(q, k, v, mask, block_size=block, scale=scale))
                 row[f"flex_d{density:g}_ms"] = tf
@@ -182,7 +196,7 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.out / "bench_kernels.csv", index=False)
-        cols = ["L", "sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_d{x:g}_ms" for x in densities] + (
+        cols = ["L", "sdpa_flash_ms", "sdpa_cudnn_ms"] + [c for c in df.columns if c.startswith("fa4_") and c.endswith("_ms")] + [f"ours_d{x:g}_ms" for x in densities] + (
             [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + [
             "estimate_select_ms", "estimate_select_vs_cudnn", "estimate_xattention_ms", "estimate_flexprefill_ms",
             "estimate_vertical_slash_ms"]

@@ -10,7 +10,8 @@ every head-shift policy and selector) on identical inputs:
   accepted only where the reference's own decision is within floating-point tolerance: the mass
   ranked from it onwards lies within 1e-5·T of (1 − τ)·T, or its score is within 1e-5·T of the
   score at the row's cut (a near tie). Any other difference fails.
-* outputs: relative error ‖out − ref‖/‖ref‖ of our block-sparse kernel (and FlexAttention) against
+* outputs: relative error ‖out − ref‖/‖ref‖ of our block-sparse kernel (FlexAttention, and
+  FlashAttention-4 through the ``fa4`` backend where it accepts the call, with its natural-log LSE) against
   an fp32 reference computed on the same mask must be ≤ 2× the error of dense SDPA in the same
   dtype against the fp32 dense reference.
 * every output element is written (outputs are poisoned with NaN first).
@@ -101,16 +102,29 @@ def check_case(name, q, k, v, cfg, report, flex=True) -> bool:
     except Exception as err:  # report and fail the case rather than stop the check
         report(f"  flex failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
         err_flex = float("inf")
+    # FlashAttention-4's block-sparse forward on the same mask, where the fa4 backend accepts the call
+    fa4 = rr.backends.get("fa4")
+    fa4_declined = fa4.not_supported_reasons("attention", rr.methods.base.problem_of(q, k, cfg))
+    err_fa4 = err_fa4_lse = 0.0
+    if not fa4_declined:
+        try:
+            fa4_out, fa4_lse = fa4.attend(q, k, v, rr.backends.Selection(mask), block_size=cfg.block_size, scale=scale)
+            err_fa4, err_fa4_lse = rel_err(fa4_out, ref_out), float((fa4_lse - ref_lse).abs().max())
+        except Exception as err:  # report and fail the case rather than stop the check
+            report(f"  fa4 failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+            err_fa4 = err_fa4_lse = float("inf")
     # the whole call, through a plan (sparse at every length: the masks are compared with §4 alone)
     _, stats = rr.rr_attention(q, k, v, dataclasses.replace(cfg, min_sparse_len=0), return_stats=True)
-    plan_same = torch.equal(stats.block_mask, mask) and stats.backends.get("attention") == "triton"
+    dispatched = stats.backends.get("attention")
+    plan_same = torch.equal(stats.block_mask, mask) and dispatched == ("triton" if fa4_declined else "fa4")
     ok = (n_bad == 0 and torch.equal(same_scores_mask, mask_ref) and written and err_ours <= 2 * err_sdpa
-          and err_flex <= 2 * err_sdpa and err_lse < 1e-2 and plan_same)
+          and err_flex <= 2 * err_sdpa and err_lse < 1e-2 and plan_same and err_fa4 <= 2 * err_sdpa and err_fa4_lse < 1e-2)
     sparsity = 1 - float(mask.sum()) / float(visible.sum() * q.shape[0] * q.shape[1])
     report(f"{'PASS' if ok else 'FAIL'} {name:<44} sparsity {sparsity:5.3f}  score err/T {score_err:.1e}  "
            f"mask diff {n_diff:>3} (unexplained {n_bad})  select(ref scores) {'=' if torch.equal(same_scores_mask, mask_ref) else '≠'}  "
            f"out err ours {err_ours:.2e} flex {err_flex:.2e} sdpa {err_sdpa:.2e}  lse {err_lse:.1e}  written {written}  "
-           f"rr_attention mask {'=' if plan_same else '≠'}")
+           f"rr_attention mask {'=' if plan_same else '≠'} (attention by {dispatched})  "
+           + (f"fa4 err {err_fa4:.2e} lse {err_fa4_lse:.1e}" if not fa4_declined else f"fa4 declined: {fa4_declined[0][:60]}"))
     return ok
 
 

@@ -16,11 +16,12 @@ import functools
 from dataclasses import dataclass
 
 from .base import STAGES, Backend, EstimatorSettings, Packed, Problem, Selection, SelectionSettings
+from .fa4 import FA4Backend
 from .flex import FlexBackend
 from .reference import ReferenceBackend
 from .triton import TritonBackend
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (TritonBackend(), FlexBackend(), ReferenceBackend())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (FA4Backend(), TritonBackend(), FlexBackend(), ReferenceBackend())}
 PRIORITY = tuple(BACKENDS)  # dispatch order: fastest first, the reference last (it accepts everything)
 
 

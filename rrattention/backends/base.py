@@ -94,6 +94,7 @@ class EstimatorSettings:
     seed: int
     exact_stride_causal: bool
     scale: float
+    precision: str = "exact"  # RRConfig.estimator_precision
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,12 @@ class SelectionSettings:
 
 @functools.cache
 def importable(module: str) -> bool:
-    # find_spec walks sys.path: cached, since dispatch asks on every plan.
-    return importlib.util.find_spec(module) is not None
+    # find_spec walks sys.path: cached, since dispatch asks on every plan. A dotted name imports
+    # its parent package, which may be missing (or be another project's package of that name).
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 class Backend:

@@ -23,7 +23,8 @@ class ReferenceBackend(Backend):
         offsets = reference.head_offsets(q.shape[1], k.shape[1], settings.stride, settings.head_shift,
                                          layer=settings.layer, seed=settings.seed)
         return reference.block_scores(q, k, stride=settings.stride, block_size=settings.block_size, offsets=offsets,
-                                      exact_stride_causal=settings.exact_stride_causal, scale=settings.scale)
+                                      exact_stride_causal=settings.exact_stride_causal, scale=settings.scale,
+                                      precision=settings.precision)
 
     def antidiagonal_scores(self, q, k, *, stride: int, block_size: int, scale: float, packed=None) -> torch.Tensor:
         return reference.antidiagonal_block_scores(q, k, stride=stride, block_size=block_size, scale=scale)

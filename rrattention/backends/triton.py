@@ -47,7 +47,7 @@ class TritonBackend(Backend):
         return estimate_block_scores(
             q, k, stride=settings.stride, block_size=settings.block_size, head_shift=settings.head_shift,
             scale=settings.scale, layer=settings.layer, seed=settings.seed,
-            exact_stride_causal=settings.exact_stride_causal, launches=self.launches, **lengths, **_packed_args(packed),
+            exact_stride_causal=settings.exact_stride_causal, precision=settings.precision, launches=self.launches, **lengths, **_packed_args(packed),
         )
 
     def antidiagonal_scores(self, q, k, *, stride: int, block_size: int, scale: float,

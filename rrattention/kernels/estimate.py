@@ -249,6 +249,7 @@ def estimate_block_scores(
     out: torch.Tensor | None = None,
     config: dict | None = None,
     antidiagonal: bool = False,
+    precision: str = "exact",
     launches: Launches | None = None,
 ) -> torch.Tensor:
     """Launch the estimator; arguments are assumed validated (see ``rrattention.api``).
@@ -256,7 +257,9 @@ def estimate_block_scores(
     Padded form: ``q`` ``[B, Hq, Lq, D]``, ``k`` ``[B, Hkv, Lk, D]`` → fp32 ``[B, Hq, nbq, nbk]``.
     Packed form (``cu_seqlens_q`` given): ``q`` ``[Tq, Hq, D]``, ``k`` ``[Tk, Hkv, D]`` → fp32
     ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
-    ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages).
+    ``precision="fast"`` holds the stride means in one 16-bit term (``SPLITS=1``) instead of the
+    exact two or three. ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``,
+    warps, stages).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
     ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
     launch cache (:mod:`rrattention.kernels._launch`).
@@ -268,7 +271,8 @@ def estimate_block_scores(
         q.shape, q.stride(), k.shape, k.stride(), q.dtype, cu_seqlens_q.numel() - 1 if varlen else None,
         max_seqlen_q, max_seqlen_k, stride, block_size, head_shift, scale,
         random_layer_hash(seed, layer) if head_shift == "random" else 0, exact_stride_causal, antidiagonal,
-        tuple(sorted(config.items())) if config else (),
+        tuple(sorted({"SPLITS": 1, **(config or {})}.items()) if precision == "fast" else
+              sorted(config.items()) if config else ()),
     )
     if antidiagonal:  # keys are read token by token: no stride means
         means = (k.new_empty(1, 1, 1, 1),) * 3

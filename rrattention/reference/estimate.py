@@ -79,6 +79,7 @@ def block_scores(
     offsets: torch.Tensor,
     exact_stride_causal: bool = False,
     scale: float | None = None,
+    precision: str = "exact",
 ) -> torch.Tensor:
     """Block scores ``A[i, j] = Σ_{m ∈ block i} Σ_{n ∈ block j} P[m, n]`` (spec §3).
 
@@ -92,6 +93,9 @@ def block_scores(
         offsets: int64 ``[Hq]``, ``r_h`` from :func:`~rrattention.reference.sampling.head_offsets`.
         exact_stride_causal: restrict the diagonal stride to keys ``≤ t + δ``.
         scale: logit scale, default ``1/√D``.
+        precision: ``exact``, or ``fast``: the stride means (not the diagonal partial means of
+            ``exact_stride_causal``) rounded once to a 16-bit ``q``'s dtype (the Triton estimator's
+            one-term mode, ``RRConfig.estimator_precision``).
 
     Returns:
         fp32 ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]``.
@@ -105,6 +109,8 @@ def block_scores(
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
 
     key_means = stride_mean_keys(k, stride)
+    if precision == "fast" and q.dtype in (torch.float16, torch.bfloat16):
+        key_means = key_means.to(q.dtype).float()
     t_all, valid_all = sampled_query_positions(q_len, stride, offsets.to(q.device))
     key_block_of_stride = torch.arange(key_means.shape[2], device=q.device) // per_block
     scores = torch.zeros(batch, q_heads, n_qblocks, n_kblocks, dtype=torch.float32, device=q.device)

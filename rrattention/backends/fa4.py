@@ -1,0 +1,74 @@
+"""FlashAttention-4 (``flash-attn-4``, CuTe DSL) as the attention stage, on Hopper (SM90).
+
+The selection becomes FA4's block-sparse lists on the device (:mod:`rrattention.kernels.block_lists`:
+tiles below the causal diagonal full, the others partial, per head, ``pack_gqa=False``) and
+``flash_attn.cute.flash_attn_func`` runs them with ``causal=True`` (bottom-right for ``Lq < Lk``),
+returning the natural-log LSE. Installed with ``pip install rrattention[fa4]``; without it, or
+where FA4 is wrong or untested, dispatch falls back to the Triton kernel and says why.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Backend, Packed, Problem, Selection
+
+REQUIRED_ARCH = (9, 0)
+
+
+def architecture_reasons(capability: tuple[int, int]) -> list[str]:
+    """Why FA4's block-sparse forward is not used on a GPU of this compute capability."""
+    if capability[0] == 9:
+        return []
+    if capability[0] == 8:
+        return [f"SM{capability[0]}{capability[1]}: FA4's SM80 path silently ignores block-sparse masks "
+                "(Dao-AILab/flash-attention#2897)"]
+    if capability[0] == 10:
+        return [f"SM{capability[0]}{capability[1]}: FA4 forces 256-row query blocks with block sparsity "
+                "(Dao-AILab/flash-attention#2727), not our 128-row blocks"]
+    return [f"SM{capability[0]}{capability[1]}: FA4's block-sparse forward is verified here on SM90 only"]
+
+
+class FA4Backend(Backend):
+    name = "fa4"
+    description = "FlashAttention-4 block-sparse forward (flash-attn-4, SM90; attention stage only)"
+    stages = frozenset({"attention"})
+    devices = frozenset({"cuda"})
+    dtypes = frozenset({torch.float16, torch.bfloat16})
+    block_sizes = frozenset({128})
+    varlen = False  # FA4's varlen block-sparse layout (cu_total_m_blocks) is not wired here
+    requires = ("flash_attn.cute", "cutlass")
+    head_dims = frozenset({64, 128})  # SM90 tiles of 192 and 256 do not match 128-token KV blocks
+
+    def __init__(self, launches=None):
+        self.launches = launches
+
+    def bind(self) -> "FA4Backend":
+        from ..kernels._launch import Launches
+
+        return FA4Backend(Launches())
+
+    def limits(self, stage: str, problem: Problem) -> list[str]:
+        reasons = []
+        if problem.head_dim is not None and problem.head_dim not in self.head_dims:
+            reasons.append(f"head dim {problem.head_dim} not in {sorted(self.head_dims)} (FA4's SM90 tile must "
+                           "match 128-token key blocks)")
+        if problem.device.type == "cuda" and torch.cuda.is_available():
+            reasons += architecture_reasons(torch.cuda.get_device_capability(problem.device))
+        return reasons
+
+    def attend(self, q, k, v, selection: Selection, *, block_size: int, scale: float, packed: Packed | None = None,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+        from ..kernels.block_lists import block_lists
+
+        partial_count, partial_index, full_count, full_index = block_lists(
+            selection.block_mask, q_len=q.shape[2], k_len=k.shape[2], block_size=block_size, launches=self.launches)
+        lists = BlockSparseTensorsTorch(partial_count, partial_index, full_count, full_index,
+                                        block_size=(block_size, block_size))
+        result, lse = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
+                                      causal=True, pack_gqa=False, block_sparse_tensors=lists, return_lse=True)
+        result = result.transpose(1, 2)  # [B, Hq, Lq, D]
+        return (result, lse) if out is None else (out.copy_(result), lse)
