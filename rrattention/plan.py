@@ -68,13 +68,16 @@ class AttentionPlan:
         packed: the packed layout ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]`` instead.
         backend: force a backend for the stages it implements.
         time_stages: time each stage of every run (synchronises the GPU).
+        head_start: the global index of the calls' query head 0, when they hold a slice of the
+            model's heads (tensor parallelism: ``rank · q_heads``); spec §2's offsets use it.
     """
 
     def __init__(self, cfg: AttentionConfig, *, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, scale: float, batch: int | None = None, q_len: int | None = None,
                  k_len: int | None = None, packed: Packed | None = None, backend: str | None = None,
-                 time_stages: bool = False):
+                 time_stages: bool = False, head_start: int = 0):
         self.cfg, self.scale, self.backend, self.time_stages = cfg, scale, backend, time_stages
+        self.head_start = head_start
         self.q_heads, self.kv_heads, self.head_dim, self.dtype, self.device = q_heads, kv_heads, head_dim, dtype, device
         self.batch, self.q_len, self.k_len, self.packed = batch, q_len, k_len, packed
         self._layers: dict[int | None, LayerPlan] = {}
@@ -101,14 +104,14 @@ class AttentionPlan:
             if reason is not None:
                 return LayerPlan(cfg, layer, method, reason, None, None, DENSE_BACKENDS)
             ops = backends.choose_all(self.problem(cfg), self.backend)
-            return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale),
-                             _backend_names(method, ops))
+            prepared = method.prepare(cfg, layer, self.scale, head_start=self.head_start)
+            return LayerPlan(cfg, layer, method, None, ops, prepared, _backend_names(method, ops))
         ops = self._packed_ops(cfg, method)
         if ops is None:
             return LayerPlan(cfg, layer, method, None, None, None, {})
         threshold = policy.dense_layer_threshold(cfg, layer, self.head_dim, self.q_heads, self.kv_heads)
-        return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale, threshold),
-                         _backend_names(method, ops))
+        prepared = method.prepare(cfg, layer, self.scale, threshold, head_start=self.head_start)
+        return LayerPlan(cfg, layer, method, None, ops, prepared, _backend_names(method, ops))
 
     def _packed_ops(self, cfg: AttentionConfig, method: Method) -> StageBackends | None:
         """Backends that run the whole packed batch in one launch per stage, or None (per sequence)."""
@@ -126,7 +129,8 @@ class AttentionPlan:
             self._sequences = [
                 AttentionPlan(self.cfg, q_heads=self.q_heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
                               dtype=self.dtype, device=self.device, scale=self.scale, batch=1, q_len=qb - qa,
-                              k_len=kb - ka, backend=self.backend, time_stages=self.time_stages)
+                              k_len=kb - ka, backend=self.backend, time_stages=self.time_stages,
+                              head_start=self.head_start)
                 for qa, qb, ka, kb in self.packed.host_spans()
             ]
         return self._sequences
@@ -205,7 +209,7 @@ class PaddingPlan:
 
     def __init__(self, cfg: AttentionConfig, query_valid: torch.Tensor, key_valid: torch.Tensor, *, q_heads: int,
                  kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, scale: float,
-                 backend: str | None = None, time_stages: bool = False):
+                 backend: str | None = None, time_stages: bool = False, head_start: int = 0):
         self.batch, self.q_len = query_valid.shape
         self.k_len = key_valid.shape[1]
         has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
@@ -216,7 +220,8 @@ class PaddingPlan:
         cu = lambda bounds: torch.tensor(bounds, dtype=torch.int32, device=device)  # noqa: E731
         packed = Packed(cu(bq), cu(bk), max(q_counts), max(k_counts), tuple(zip(bq, bq[1:], bk, bk[1:])))
         self.inner = AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-                                   device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages)
+                                   device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages,
+                                   head_start=head_start)
         self._reasons: dict[int | None, str | None] = {}
 
     def dense_reason(self, layer: int | None) -> str | None:

@@ -38,7 +38,7 @@ class TritonBackend(Backend):
         lengths = {} if packed is None else dict(max_seqlen_q=packed.max_seqlen_q, max_seqlen_k=packed.max_seqlen_k)
         return estimate_block_scores(
             q, k, stride=settings.stride, block_size=settings.block_size, head_shift=settings.head_shift,
-            scale=settings.scale, layer=settings.layer, seed=settings.seed,
+            scale=settings.scale, layer=settings.layer, seed=settings.seed, head_start=settings.head_start,
             exact_stride_causal=settings.exact_stride_causal, **lengths, **_packed_args(packed),
         )
 

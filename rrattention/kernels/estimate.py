@@ -36,8 +36,9 @@ def _splitmix64(x):
 
 
 @triton.jit
-def _head_offsets(head, group_idx, kv_head, layer_hash, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
-    """``r_h`` of spec §2 for the rows' query heads ``head = kv_head·G + group_idx`` (see
+def _head_offsets(head, group_idx, first_head, layer_hash, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
+    """``r_h`` of spec §2 for the rows' global query heads ``head = first_head + group_idx``, where
+    ``first_head`` is the global index of the KV group's first query head (see
     ``reference.head_offsets``); ``layer_hash`` is ``splitmix64(splitmix64(seed) ^ layer)``."""
     if POLICY == 1:
         r = tl.full(head.shape, STRIDE - 1, tl.int32)
@@ -47,7 +48,7 @@ def _head_offsets(head, group_idx, kv_head, layer_hash, POLICY: tl.constexpr, ST
         layer_hash = layer_hash.to(tl.uint64)
         r = tl.zeros(head.shape, tl.int32)
         for g in tl.static_range(GROUP):
-            r_g = (_splitmix64(layer_hash ^ (kv_head * GROUP + g).to(tl.uint64)) % STRIDE).to(tl.int32)
+            r_g = (_splitmix64(layer_hash ^ (first_head + g).to(tl.uint64)) % STRIDE).to(tl.int32)
             r = tl.where(group_idx == g, r_g, r)
     elif (POLICY == 3) and (STRIDE % GROUP == 0):
         per_group: tl.constexpr = STRIDE // GROUP
@@ -138,7 +139,7 @@ def _estimate_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
     stride_sb, stride_sh, stride_si,
-    q_len_fixed, k_len_fixed, qk_scale, layer_hash,
+    q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
     R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
@@ -168,7 +169,9 @@ def _estimate_kernel(
         last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
         q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
     else:
-        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, group_idx, kv_head, layer_hash, POLICY, STRIDE, GROUP)
+        first_head = head_start + kv_head * GROUP
+        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(first_head + group_idx, group_idx, first_head, layer_hash,
+                                                           POLICY, STRIDE, GROUP)
         row_ok = (group_idx < GROUP) & (t < q_len)
         last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
         q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
@@ -238,6 +241,7 @@ def estimate_block_scores(
     scale: float,
     layer: int = 0,
     seed: int = 0,
+    head_start: int = 0,
     exact_stride_causal: bool = False,
     cu_seqlens_q: torch.Tensor | None = None,
     cu_seqlens_k: torch.Tensor | None = None,
@@ -254,7 +258,8 @@ def estimate_block_scores(
     ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
     ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
-    ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``).
+    ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``head_start``: the
+    global index of query head 0 (tensor parallelism), for the offsets of spec §2.
     """
     varlen = cu_seqlens_q is not None
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -302,6 +307,7 @@ def estimate_block_scores(
         q, k, *means, out, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
         *q_strides, *k_strides, *means[0].stride()[:3], *out.stride()[:3],
         q_len_fixed, k_len_fixed, scale * math.log2(math.e), random_layer_hash(seed, layer) if head_shift == "random" else 0,
+        head_start,
         GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n, SPLITS=splits,
         EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen, ANTIDIAGONAL=antidiagonal,
