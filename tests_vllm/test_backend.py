@@ -81,3 +81,51 @@ def test_settings_come_from_additional_config_with_the_config_classes_errors():
         VllmSettings.from_additional_config({"rrattention": {"backend": "nope"}})
     with pytest.raises(TypeError, match="stats_file"):
         VllmSettings.from_additional_config({"rrattention": {"stats_file": 3}})
+
+
+@pytest.fixture(scope="module")
+def builder(llama_dir):
+    from vllm.config import CacheConfig, ModelConfig, VllmConfig, set_current_vllm_config
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    from rrattention.integrations.vllm.backend import RRAttentionMetadataBuilder
+
+    config = VllmConfig(model_config=ModelConfig(model=llama_dir, dtype="float16", skip_tokenizer_init=True),
+                        cache_config=CacheConfig(block_size=128))
+    spec = FullAttentionSpec(block_size=128, num_kv_heads=2, head_size=32, dtype=torch.float16)
+    with set_current_vllm_config(config):
+        yield RRAttentionMetadataBuilder(spec, ["model.layers.0.self_attn.attn"], config, torch.device("cpu"))
+
+
+def _common(q_lens, k_lens, max_blocks=8):
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    starts = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    lens = torch.tensor(k_lens, dtype=torch.int32)
+    return CommonAttentionMetadata(
+        query_start_loc=starts, query_start_loc_cpu=starts, seq_lens=lens, num_reqs=len(q_lens),
+        num_actual_tokens=int(starts[-1]), max_query_len=max(q_lens), max_seq_len=max(k_lens),
+        block_table_tensor=torch.arange(len(q_lens) * max_blocks, dtype=torch.int32).view(len(q_lens), max_blocks),
+        slot_mapping=torch.arange(int(starts[-1])), seq_lens_cpu_upper_bound=lens)
+
+
+def test_the_builder_gives_decodes_to_flash_attention_and_prefills_to_the_paged_rows(builder):
+    assert builder.reorder_batch_threshold == 1
+    # decodes first, then a chunked-prefill continuation and a fresh prompt
+    md = builder.build(0, _common([1, 1, 189, 300], [50, 700, 700, 300]))
+    assert md.num_actual_tokens == 491  # the whole batch's FlashAttention metadata stays as it is
+    decode = md.decode
+    assert decode.num_actual_tokens == 2 and decode.max_query_len == 1
+    assert decode.query_start_loc.tolist() == [0, 1, 2] and decode.seq_lens.tolist() == [50, 700]
+    assert torch.equal(decode.block_table, torch.arange(16, dtype=torch.int32).view(2, 8))
+    rows = md.prefill
+    assert (rows.first, rows.last, rows.token_start, rows.token_end) == (2, 4, 2, 491)
+    assert rows.packed.spans == ((0, 189, 0, 700), (189, 489, 700, 1000))
+    assert rows.pages[:128].eq(16).all() and rows.pages[700:828].eq(24).all()  # row 2's page 0, row 3's page 0
+    # decodes only: FlashAttention's metadata as built, no prefill rows
+    md = builder.build(0, _common([1, 1], [10, 20]))
+    assert md.prefill is None and md.decode.num_actual_tokens == 2
+    # prefills only, and a trailing padding request without queries
+    md = builder.build(0, _common([100, 30, 0], [100, 60, 1]))
+    assert md.decode is None and (md.prefill.first, md.prefill.last) == (0, 2)
+    assert md.prefill.packed.spans == ((0, 100, 0, 100), (100, 130, 100, 160))

@@ -38,9 +38,10 @@ def exact(llama_dir, tmp_path_factory):
 def sparse(llama_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sparse")
     cfg = {"rrattention": {**SPARSE, "stats_file": str(folder / "stats.jsonl")}}
-    tokens, _ = run_engine({"model": llama_dir, "additional_config": cfg, "generations": [SINGLE, MIX]},
-                           rr_backend=CHECKING, env={"RR_CHECK_FILE": str(folder / "check.jsonl")})
-    return tokens, records(folder / "stats.jsonl"), records(folder / "check.jsonl")
+    tokens, log = run_engine({"model": llama_dir, "additional_config": cfg, "generations": [SINGLE, MIX]},
+                             rr_backend=CHECKING, env={"RR_CHECK_FILE": str(folder / "check.jsonl"),
+                                                       "VLLM_LOGGING_LEVEL": "DEBUG"})
+    return tokens, records(folder / "stats.jsonl"), records(folder / "check.jsonl"), log
 
 
 def test_tau_one_gives_vllms_own_greedy_tokens(baseline, exact):
@@ -70,18 +71,21 @@ def test_prompts_below_and_above_min_sparse_len(exact):
 
 
 def test_below_tau_one_the_selection_is_active_and_reported(sparse):
-    tokens, stats, checks = sparse
+    tokens, stats, checks, log = sparse
     assert all(len(t) == 8 for gen in tokens for t in gen)
     assert checks and all(c["finite"] and c["keys_match"] for c in checks)
     assert max(r["sparsity"] for r in stats) > 0.1
     single = [r for r in stats if r["k_lens"] == [500]]
     assert len(single) == 2 and all(r["sparsity"] > 0 and r["dense_reasons"] == [None] for r in single)
     assert {r["backends"]["estimate"] for r in stats} == {"reference"}
+    # the same records in vLLM's debug log
+    logged = [line for line in log.splitlines() if "rrattention prefill {" in line]
+    assert len(logged) == len(stats)
 
 
 def test_tensor_parallel_ranks_select_the_single_device_blocks(llama_dir, sparse, tmp_path):
     """TP=2: rank p holds query heads [2p, 2p+2) and samples with their global indices."""
-    _, single_device, _ = sparse
+    _, single_device, _, _ = sparse
     cfg = {"rrattention": {**SPARSE, "stats_file": str(tmp_path / "stats.jsonl")}}
     run_engine({"model": llama_dir, "additional_config": cfg, "generations": [SINGLE], "tp": 2}, rr_backend="1")
     ranks = [r for r in records(tmp_path / "stats.jsonl") if r["k_lens"] == [500]]

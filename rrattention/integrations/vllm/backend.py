@@ -28,7 +28,7 @@ import torch
 from vllm.config import get_current_vllm_config
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 from vllm.model_executor.models.utils import extract_layer_index
-from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, MultipleOf
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType
 from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionBackend,
     FlashAttentionImpl,
@@ -279,12 +279,11 @@ class RRAttentionBackend(DeclinesMixin, FlashAttentionBackend):
         return RRAttentionMetadataBuilder
 
     @classmethod
-    def get_supported_kernel_block_sizes(cls, kv_cache_spec=None) -> list[int | MultipleOf]:
-        return [MultipleOf(16)]  # FlashAttention's paged decode; the prefill gather takes any page size
-
-    @classmethod
     def get_preferred_block_size(cls, default_block_size: int) -> int:
-        return max(default_block_size, KV_PAGE)
+        """A 128-token page (one RRAttention block) where FlashAttention's decode takes it; the
+        prefill gather itself takes any page size (FlashAttention's kernel sizes are inherited)."""
+        preferred = super().get_preferred_block_size(default_block_size)
+        return KV_PAGE if preferred < KV_PAGE and cls.supports_block_size(KV_PAGE) else preferred
 
     @classmethod
     def supports_kv_cache_dtype(cls, kv_cache_dtype) -> bool:
