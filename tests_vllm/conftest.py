@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,13 +79,16 @@ def run_engine(spec: dict, *, rr_backend: str | None = None, env: dict | None = 
         full_env["RRATTENTION_VLLM_CPU_ATTN"] = rr_backend
     if spec.get("tp", 1) > 1:
         full_env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i % os.cpu_count()) for i in range(spec["tp"])))
-    proc = subprocess.run([sys.executable, str(ROOT / "tests_vllm" / "engine.py"), json.dumps(spec)], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    with tempfile.TemporaryDirectory() as folder:
+        result_file = Path(folder) / "result.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "tests_vllm" / "engine.py"),
+                               json.dumps({**spec, "result_file": str(result_file)})], env=full_env,
+                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        results = json.loads(result_file.read_text()) if result_file.exists() else None
     log = proc.stdout + proc.stderr
-    results = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if check and (proc.returncode != 0 or not results):
+    if check and (proc.returncode != 0 or results is None):
         raise AssertionError(f"engine failed (exit {proc.returncode}):\n{log[-6000:]}")
-    return (json.loads(results[-1]) if results else None), log
+    return results, log
 
 
 def records(path: Path) -> list[dict]:

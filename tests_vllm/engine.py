@@ -4,12 +4,18 @@
 
 vLLM spawns its engine core (and, under tensor parallelism, its workers) from the process that
 creates ``LLM``; keeping that process separate from pytest's keeps each test's engine, settings
-and environment apart. The last stdout line is ``RESULT <json>``: per generation, per prompt, the
-generated token ids.
+and environment apart. It writes ``spec["result_file"]`` (JSON): per generation, per prompt, the
+generated token ids (a file, not stdout, which vLLM's processes share for their logs).
 """
 
 import json
 import sys
+
+from rrattention.integrations.vllm import register
+
+# At the top level, as the README says: vLLM spawns its processes on the CPU, and a spawned process
+# re-imports this script before it reads the config that names the backend.
+register()
 
 
 def main(spec: dict) -> None:
@@ -25,7 +31,8 @@ def main(spec: dict) -> None:
     for prompts in spec["generations"]:
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         results.append([list(o.outputs[0].token_ids) for o in outputs])
-    print("RESULT " + json.dumps(results), flush=True)
+    with open(spec["result_file"], "w", encoding="utf-8") as fh:
+        json.dump(results, fh)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ def test_the_entry_point_registers_the_backend():
     assert RRAttentionBackend.get_preferred_block_size(16) == 128
 
 
+def test_the_custom_slot_on_request(monkeypatch):
+    monkeypatch.setenv("RRATTENTION_VLLM_CUSTOM", "1")
+    register()
+    assert AttentionBackendEnum.CUSTOM.get_class() is RRAttentionBackend
+
+
 def test_a_plain_decoder_configuration_is_accepted():
     assert reasons() == []
     assert reasons(dtype=torch.float16, head_size=64, block_size=16) == []

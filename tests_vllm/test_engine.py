@@ -38,9 +38,11 @@ def exact(llama_dir, tmp_path_factory):
 def sparse(llama_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sparse")
     cfg = {"rrattention": {**SPARSE, "stats_file": str(folder / "stats.jsonl")}}
-    tokens, log = run_engine({"model": llama_dir, "additional_config": cfg, "generations": [SINGLE, MIX]},
+    # selected through vLLM's CUSTOM slot, the way round a spawned process (see the README)
+    tokens, log = run_engine({"model": llama_dir, "additional_config": cfg, "generations": [SINGLE, MIX],
+                              "attention_backend": "CUSTOM"},
                              rr_backend=CHECKING, env={"RR_CHECK_FILE": str(folder / "check.jsonl"),
-                                                       "VLLM_LOGGING_LEVEL": "DEBUG"})
+                                                       "VLLM_LOGGING_LEVEL": "DEBUG", "RRATTENTION_VLLM_CUSTOM": "1"})
     return tokens, records(folder / "stats.jsonl"), records(folder / "check.jsonl"), log
 
 
