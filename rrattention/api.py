@@ -14,6 +14,7 @@ from ._checks import (
     check_block_grid,
     check_config,
     check_finite,
+    check_head_start,
     check_layer,
     check_length,
     check_qkv,
@@ -39,6 +40,7 @@ def estimate_block_scores(
     layer: int | None = None,
     scale: float | None = None,
     backend: str | None = None,
+    head_start: int = 0,
 ) -> torch.Tensor:
     """Block scores of RRAttention's estimator (spec §2–§3).
 
@@ -50,6 +52,8 @@ def estimate_block_scores(
         layer: layer index: applies ``cfg.layer_overrides[layer]`` and seeds ``head_shift="random"``.
         scale: logit scale, default ``1/√D``.
         backend: force a backend (see :mod:`rrattention.backends`); default: the first capable.
+        head_start: global index of ``q``'s head 0 when ``q`` holds a slice of the model's heads
+            (as in :func:`rr_attention`).
 
     Returns:
         fp32 ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]``; each row holds the softmax mass of the sampled
@@ -57,7 +61,8 @@ def estimate_block_scores(
     """
     shape = check_qkv(q, k)
     cfg, layer = _resolve(cfg, layer)
-    estimator, _ = rr.METHOD.prepare(cfg, layer, check_scale(scale, shape.head_dim))
+    estimator, _ = rr.METHOD.prepare(cfg, layer, check_scale(scale, shape.head_dim),
+                                     head_start=check_head_start(head_start))
     return backends.choose("estimate", problem_of(q, k, cfg), backend).rr_scores(q, k, estimator)
 
 
@@ -175,6 +180,7 @@ def rr_attention(
     check_inputs: bool = False,
     backend: str | None = None,
     time_stages: bool = False,
+    head_start: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
     """RRAttention: estimate (§2–§3), select (§4), block-sparse attention (§5), with the policies of §6.
 
@@ -197,17 +203,23 @@ def rr_attention(
         backend: force a backend for the stages it implements (others: the first capable);
             ``rrattention.backends.explain`` says why a backend declines.
         time_stages: record each stage's time in ``stats.timings_ms`` (synchronises the GPU).
+        head_start: the global index of ``q``'s head 0 when the call holds a slice of the model's
+            query heads (tensor parallelism: rank ``p`` of ``tp`` passes ``p · Hq``, its local
+            ``Hq``); the round-robin offsets of spec §2 use the global index ``head_start + h``, so
+            the ranks' selections together equal one device's. The slice must keep the model's
+            ``G = Hq / Hkv`` (KV heads sharded with their query heads) for ``group_round_robin``.
 
     Returns:
         ``out`` ``[B, Hq, Lq, D]`` in ``q.dtype``; with ``return_stats``, ``(out, stats)``.
     """
     shape = check_qkv(q, k, v)
     cfg, layer = check_config(cfg, any_method=True), check_layer(layer)
+    head_start = check_head_start(head_start)
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
     plan = AttentionPlan(cfg, q_heads=shape.q_heads, kv_heads=shape.kv_heads, head_dim=shape.head_dim, dtype=q.dtype,
                          device=q.device, scale=scale, batch=shape.batch, q_len=shape.q_len, k_len=shape.k_len,
-                         backend=backend, time_stages=time_stages)
+                         backend=backend, time_stages=time_stages, head_start=head_start)
     run = plan.run(q, k, v, layer)
     return (run.out, plan.stats(run)) if return_stats else run.out

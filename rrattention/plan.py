@@ -72,13 +72,16 @@ class AttentionPlan:
             shared by its layers: the Triton backend then caches its compiled kernel launches, so
             only a plan's first launch of each kernel pays Triton's argument binding. False: the
             shared backends and Triton's own launch path (for comparisons).
+        head_start: the global index of the calls' query head 0, when they hold a slice of the
+            model's heads (tensor parallelism: ``rank · q_heads``); spec §2's offsets use it.
     """
 
     def __init__(self, cfg: AttentionConfig, *, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, scale: float, batch: int | None = None, q_len: int | None = None,
                  k_len: int | None = None, packed: Packed | None = None, backend: str | None = None,
-                 time_stages: bool = False, bind_backends: bool = True):
+                 time_stages: bool = False, bind_backends: bool = True, head_start: int = 0):
         self.cfg, self.scale, self.backend, self.time_stages = cfg, scale, backend, time_stages
+        self.head_start = head_start
         self.q_heads, self.kv_heads, self.head_dim, self.dtype, self.device = q_heads, kv_heads, head_dim, dtype, device
         self.batch, self.q_len, self.k_len, self.packed = batch, q_len, k_len, packed
         self._layers: dict[int | None, LayerPlan] = {}
@@ -106,14 +109,14 @@ class AttentionPlan:
             if reason is not None:
                 return LayerPlan(cfg, layer, method, reason, None, None, DENSE_BACKENDS)
             ops = self._bind(backends.choose_all(self.problem(cfg), self.backend))
-            return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale),
-                             _backend_names(method, ops))
+            prepared = method.prepare(cfg, layer, self.scale, head_start=self.head_start)
+            return LayerPlan(cfg, layer, method, None, ops, prepared, _backend_names(method, ops))
         ops = self._packed_ops(cfg, method)
         if ops is None:
             return LayerPlan(cfg, layer, method, None, None, None, {})
         threshold = policy.dense_layer_threshold(cfg, layer, self.head_dim, self.q_heads, self.kv_heads)
-        return LayerPlan(cfg, layer, method, None, ops, method.prepare(cfg, layer, self.scale, threshold),
-                         _backend_names(method, ops))
+        prepared = method.prepare(cfg, layer, self.scale, threshold, head_start=self.head_start)
+        return LayerPlan(cfg, layer, method, None, ops, prepared, _backend_names(method, ops))
 
     def _packed_ops(self, cfg: AttentionConfig, method: Method) -> StageBackends | None:
         """Backends that run the whole packed batch in one launch per stage, or None (per sequence)."""
@@ -141,7 +144,7 @@ class AttentionPlan:
                 AttentionPlan(self.cfg, q_heads=self.q_heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
                               dtype=self.dtype, device=self.device, scale=self.scale, batch=1, q_len=qb - qa,
                               k_len=kb - ka, backend=self.backend, time_stages=self.time_stages,
-                              bind_backends=self._bound is not None)
+                              bind_backends=self._bound is not None, head_start=self.head_start)
                 for qa, qb, ka, kb in self.packed.host_spans()
             ]
             for sub in self._sequences:  # the sequences share the plan's backends (and their cached launches)
@@ -222,7 +225,7 @@ class PaddingPlan:
 
     def __init__(self, cfg: AttentionConfig, query_valid: torch.Tensor, key_valid: torch.Tensor, *, q_heads: int,
                  kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, scale: float,
-                 backend: str | None = None, time_stages: bool = False):
+                 backend: str | None = None, time_stages: bool = False, head_start: int = 0):
         self.batch, self.q_len = query_valid.shape
         self.k_len = key_valid.shape[1]
         has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
@@ -233,7 +236,8 @@ class PaddingPlan:
         cu = lambda bounds: torch.tensor(bounds, dtype=torch.int32, device=device)  # noqa: E731
         packed = Packed(cu(bq), cu(bk), max(q_counts), max(k_counts), tuple(zip(bq, bq[1:], bk, bk[1:])))
         self.inner = AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-                                   device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages)
+                                   device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages,
+                                   head_start=head_start)
         self._reasons: dict[int | None, str | None] = {}
 
     def dense_reason(self, layer: int | None) -> str | None:

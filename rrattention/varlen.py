@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from . import backends
-from ._checks import check_config, check_finite, check_layer, check_length, check_qkv, check_scale
+from ._checks import (check_config, check_finite, check_head_start, check_layer, check_length, check_qkv,
+                      check_scale)
 from .config import AttentionConfig
 from .plan import AttentionPlan
 from .stats import RRStats
@@ -67,6 +68,7 @@ def rr_attention_varlen(
     check_inputs: bool = False,
     backend: str | None = None,
     time_stages: bool = False,
+    head_start: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, RRStats]:
     """RRAttention on packed sequences of different lengths.
 
@@ -80,7 +82,7 @@ def rr_attention_varlen(
         cu_seqlens_q, cu_seqlens_k: int32 ``[N+1]``, on q's device, cumulative lengths from 0;
             every sequence has ``1 ≤ Lq ≤ Lk``.
         max_seqlen_q, max_seqlen_k: upper bounds on the lengths (as in flash-attn).
-        cfg, scale, layer, return_stats, check_inputs, backend, time_stages: as in
+        cfg, scale, layer, return_stats, check_inputs, backend, time_stages, head_start: as in
             :func:`rrattention.rr_attention`.
             With the Triton backend all sequences run in one launch per stage and the offsets are
             trusted (validated only with ``check_inputs`` or ``return_stats``, which synchronise).
@@ -99,6 +101,7 @@ def rr_attention_varlen(
         )
     max_seqlen_q, max_seqlen_k = check_length("max_seqlen_q", max_seqlen_q), check_length("max_seqlen_k", max_seqlen_k)
     cfg, layer = check_config(cfg, any_method=True), check_layer(layer)
+    head_start = check_head_start(head_start)
     scale = check_scale(scale, shape.head_dim)
     if check_inputs:
         check_finite(q=q, k=k, v=v)
@@ -110,7 +113,7 @@ def rr_attention_varlen(
         packed = backends.Packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, spans)
         return AttentionPlan(cfg, q_heads=shape.q_heads, kv_heads=shape.kv_heads, head_dim=shape.head_dim,
                              dtype=q.dtype, device=q.device, scale=scale, packed=packed, backend=backend,
-                             time_stages=time_stages)
+                             time_stages=time_stages, head_start=head_start)
 
     def spans():
         return _spans(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)

@@ -85,7 +85,8 @@ class Selection:
 
 @dataclass(frozen=True)
 class EstimatorSettings:
-    """The settings of RRAttention's estimator (§2–§3), resolved for one layer."""
+    """The settings of RRAttention's estimator (§2–§3), resolved for one layer. ``head_start`` is the
+    global index of the call's query head 0 (a tensor-parallel rank's slice of the heads, spec §2)."""
 
     stride: int
     block_size: int
@@ -95,6 +96,7 @@ class EstimatorSettings:
     exact_stride_causal: bool
     scale: float
     precision: str = "exact"  # RRConfig.estimator_precision
+    head_start: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ class ReferenceBackend(Backend):
 
     def rr_scores(self, q, k, settings: EstimatorSettings, packed=None) -> torch.Tensor:
         offsets = reference.head_offsets(q.shape[1], k.shape[1], settings.stride, settings.head_shift,
-                                         layer=settings.layer, seed=settings.seed)
+                                         layer=settings.layer, seed=settings.seed, head_start=settings.head_start)
         return reference.block_scores(q, k, stride=settings.stride, block_size=settings.block_size, offsets=offsets,
                                       exact_stride_causal=settings.exact_stride_causal, scale=settings.scale,
                                       precision=settings.precision)

@@ -46,8 +46,9 @@ class TritonBackend(Backend):
         lengths = {} if packed is None else dict(max_seqlen_q=packed.max_seqlen_q, max_seqlen_k=packed.max_seqlen_k)
         return estimate_block_scores(
             q, k, stride=settings.stride, block_size=settings.block_size, head_shift=settings.head_shift,
-            scale=settings.scale, layer=settings.layer, seed=settings.seed,
-            exact_stride_causal=settings.exact_stride_causal, precision=settings.precision, launches=self.launches, **lengths, **_packed_args(packed),
+            scale=settings.scale, layer=settings.layer, seed=settings.seed, head_start=settings.head_start,
+            exact_stride_causal=settings.exact_stride_causal, precision=settings.precision, launches=self.launches,
+            **lengths, **_packed_args(packed),
         )
 
     def antidiagonal_scores(self, q, k, *, stride: int, block_size: int, scale: float,

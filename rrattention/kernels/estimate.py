@@ -39,8 +39,9 @@ def _splitmix64(x):
 
 
 @triton.jit
-def _head_offsets(head, group_idx, kv_head, layer_hash, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
-    """``r_h`` of spec §2 for the rows' query heads ``head = kv_head·G + group_idx`` (see
+def _head_offsets(head, group_idx, first_head, layer_hash, POLICY: tl.constexpr, STRIDE: tl.constexpr, GROUP: tl.constexpr):
+    """``r_h`` of spec §2 for the rows' global query heads ``head = first_head + group_idx``, where
+    ``first_head`` is the global index of the KV group's first query head (see
     ``reference.head_offsets``); ``layer_hash`` is ``splitmix64(splitmix64(seed) ^ layer)``."""
     if POLICY == 1:
         r = tl.full(head.shape, STRIDE - 1, tl.int32)
@@ -50,7 +51,7 @@ def _head_offsets(head, group_idx, kv_head, layer_hash, POLICY: tl.constexpr, ST
         layer_hash = layer_hash.to(tl.uint64)
         r = tl.zeros(head.shape, tl.int32)
         for g in tl.static_range(GROUP):
-            r_g = (_splitmix64(layer_hash ^ (kv_head * GROUP + g).to(tl.uint64)) % STRIDE).to(tl.int32)
+            r_g = (_splitmix64(layer_hash ^ (first_head + g).to(tl.uint64)) % STRIDE).to(tl.int32)
             r = tl.where(group_idx == g, r_g, r)
     elif (POLICY == 3) and (STRIDE % GROUP == 0):
         per_group: tl.constexpr = STRIDE // GROUP
@@ -141,7 +142,7 @@ def _estimate_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
     stride_sb, stride_sh, stride_si,
-    q_len_fixed, k_len_fixed, qk_scale, layer_hash,
+    q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
     R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
@@ -171,7 +172,9 @@ def _estimate_kernel(
         last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
         q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
     else:
-        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(head, group_idx, kv_head, layer_hash, POLICY, STRIDE, GROUP)
+        first_head = head_start + kv_head * GROUP
+        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(first_head + group_idx, group_idx, first_head, layer_hash,
+                                                           POLICY, STRIDE, GROUP)
         row_ok = (group_idx < GROUP) & (t < q_len)
         last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
         q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
@@ -241,6 +244,7 @@ def estimate_block_scores(
     scale: float,
     layer: int = 0,
     seed: int = 0,
+    head_start: int = 0,
     exact_stride_causal: bool = False,
     cu_seqlens_q: torch.Tensor | None = None,
     cu_seqlens_k: torch.Tensor | None = None,
@@ -262,7 +266,8 @@ def estimate_block_scores(
     warps, stages).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
     ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
-    launch cache (:mod:`rrattention.kernels._launch`).
+    launch cache (:mod:`rrattention.kernels._launch`). ``head_start``: the
+    global index of query head 0 (tensor parallelism), for the offsets of spec §2.
     """
     varlen = cu_seqlens_q is not None
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -270,7 +275,7 @@ def estimate_block_scores(
     geo = _estimate_geometry(
         q.shape, q.stride(), k.shape, k.stride(), q.dtype, cu_seqlens_q.numel() - 1 if varlen else None,
         max_seqlen_q, max_seqlen_k, stride, block_size, head_shift, scale,
-        random_layer_hash(seed, layer) if head_shift == "random" else 0, exact_stride_causal, antidiagonal,
+        random_layer_hash(seed, layer) if head_shift == "random" else 0, head_start, exact_stride_causal, antidiagonal,
         tuple(sorted({"SPLITS": 1, **(config or {})}.items()) if precision == "fast" else
               sorted(config.items()) if config else ()),
     )
@@ -307,7 +312,7 @@ class _EstimateGeometry(NamedTuple):
 
 @functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
 def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, max_seqlen_q, max_seqlen_k, stride,
-                       block_size, head_shift, scale, layer_hash, exact_stride_causal, antidiagonal,
+                       block_size, head_shift, scale, layer_hash, head_start, exact_stride_causal, antidiagonal,
                        config) -> _EstimateGeometry:
     varlen = num_packed is not None
     head_dim = q_shape[-1]
@@ -346,7 +351,7 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, 
         grid=(cdiv(cdiv(max_q, stride), block_m), kv_heads, num_seqs),
         # antidiagonal: the means' strides are unused (the pointers are placeholders)
         leading_scalars=(*q_strides, *k_strides, *mean_strides),
-        trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash),
+        trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash, head_start),
         constexprs=dict(GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
                         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
                         SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,

@@ -36,11 +36,14 @@ class Method:
     stages: tuple[str, ...] = ()
     packed: bool = False
 
-    def prepare(self, cfg: AttentionConfig, layer: int | None, scale: float, per_sequence_min_len: int | None = None) -> Any:
+    def prepare(self, cfg: AttentionConfig, layer: int | None, scale: float, per_sequence_min_len: int | None = None,
+                *, head_start: int = 0) -> Any:
         """Everything :meth:`select` needs besides the tensors, resolved once per layer.
 
         ``per_sequence_min_len`` (packed methods, packed layout): the key length below which a
-        sequence runs dense; sequences of one query run dense too (spec §6)."""
+        sequence runs dense; sequences of one query run dense too (spec §6). ``head_start``: the
+        global index of the calls' query head 0 (a tensor-parallel slice); only estimators that
+        treat heads differently use it."""
         return cfg, layer, scale
 
     def select(self, ops: StageBackends, q: torch.Tensor, k: torch.Tensor, prepared: Any,
@@ -49,13 +52,13 @@ class Method:
         raise NotImplementedError
 
     def estimate(self, q: torch.Tensor, k: torch.Tensor, cfg: AttentionConfig, layer: int | None = None, *,
-                 scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+                 scale: float | None = None, backend: str | None = None, head_start: int = 0) -> torch.Tensor:
         """The bool block mask ``[B, Hq, ceil(Lq/Bk), ceil(Lk/Bk)]`` for ``q [B, Hq, Lq, D]``,
         ``k [B, Hkv, Lk, D]`` (validated by the caller), a subset of the causally visible blocks."""
         cfg = cfg.layer_config(layer)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         ops = backends.choose_all(problem_of(q, k, cfg), backend)
-        return self.select(ops, q, k, self.prepare(cfg, layer, scale)).block_mask
+        return self.select(ops, q, k, self.prepare(cfg, layer, scale, head_start=head_start)).block_mask
 
     def __repr__(self) -> str:
         return f"<method {self.name!r}>"

@@ -15,10 +15,11 @@ class RRAttention(Method):
     stages = ("estimate", "select")
     packed = True
 
-    def prepare(self, cfg: RRConfig, layer, scale: float, per_sequence_min_len: int | None = None):
+    def prepare(self, cfg: RRConfig, layer, scale: float, per_sequence_min_len: int | None = None, *,
+                head_start: int = 0):
         estimator = EstimatorSettings(stride=cfg.stride, block_size=cfg.block_size, head_shift=cfg.head_shift,
                                       layer=layer or 0, seed=cfg.seed, exact_stride_causal=cfg.exact_stride_causal,
-                                      scale=scale, precision=cfg.estimator_precision)
+                                      scale=scale, precision=cfg.estimator_precision, head_start=head_start)
         selection = SelectionSettings(block_size=cfg.block_size, tau=cfg.tau, selector=cfg.selector,
                                       force_sink=cfg.force_sink, force_diagonal=cfg.force_diagonal,
                                       dense_last_query_block=cfg.dense_last_query_block,

@@ -52,7 +52,7 @@ class XAttention(Method):
     description = "antidiagonal stride scoring, forced blocks counted first, Top-τ (S=8, τ=0.9)"
     stages = ("estimate", "select")
 
-    def prepare(self, cfg: XAttentionConfig, layer, scale: float, per_sequence_min_len=None):
+    def prepare(self, cfg: XAttentionConfig, layer, scale: float, per_sequence_min_len=None, *, head_start: int = 0):
         # find_blocks: the forced blocks' mass first, then the rest while below τ·T; AND causal.
         selection = SelectionSettings(block_size=cfg.block_size, tau=cfg.tau, selector="forced_first",
                                       force_sink=cfg.keep_sink, force_diagonal=cfg.keep_recent,

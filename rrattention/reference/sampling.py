@@ -40,29 +40,33 @@ def head_offsets(
     *,
     layer: int = 0,
     seed: int = 0,
+    head_start: int = 0,
 ) -> torch.Tensor:
     """Sampling offset ``r_h`` of every query head (spec §2 table).
 
     Args:
-        num_q_heads: ``Hq``; ``h`` below is the global query-head index in ``[0, Hq)``.
-        num_kv_heads: ``Hkv``; ``G = Hq / Hkv`` query heads share a KV head.
+        num_q_heads: ``Hq``, the heads of this call; ``h`` below is the global query-head index
+            ``head_start + i`` of the call's head ``i`` in ``[0, Hq)``.
+        num_kv_heads: ``Hkv``; ``G = Hq / Hkv`` query heads share a KV head (a slice of the model's
+            heads must keep the model's ``G`` for ``group_round_robin``).
         stride: ``S``.
         head_shift: ``round_robin`` (``h mod S``), ``fixed`` (``S − 1``), ``random``
             (:func:`random_head_offset`) or ``group_round_robin``
             (``(h mod G)·S/G + (h // G) mod (S/G)`` when ``G`` divides ``S``, else ``round_robin``).
         layer, seed: only used by ``random``.
+        head_start: the global index of the call's head 0 (tensor parallelism: ``rank · Hq``).
 
     Returns:
         int64 ``[Hq]`` on the CPU, values in ``[0, S)``.
     """
-    heads = torch.arange(num_q_heads, dtype=torch.int64)
+    heads = torch.arange(head_start, head_start + num_q_heads, dtype=torch.int64)
     group = num_q_heads // num_kv_heads
     if head_shift == "round_robin":
         return heads % stride
     if head_shift == "fixed":
         return torch.full_like(heads, stride - 1)
     if head_shift == "random":
-        return torch.tensor([random_head_offset(seed, layer, h, stride) for h in range(num_q_heads)], dtype=torch.int64)
+        return torch.tensor([random_head_offset(seed, layer, h, stride) for h in heads.tolist()], dtype=torch.int64)
     if head_shift == "group_round_robin":
         if stride % group != 0:
             return heads % stride
