@@ -1,0 +1,116 @@
+"""Vision-language models through the HF hook (CPU): the vision tower's bidirectional calls run
+dense and exact, the language model's causal prefill sparse; one tiny random model per family."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import rrattention as rr  # noqa: E402
+from rrattention.integrations import hf  # noqa: E402
+from rrattention.integrations._calls import NON_CAUSAL  # noqa: E402
+from tests.vlm_models import FAMILIES, qwen2_vl  # noqa: E402
+
+EXACT = rr.RRConfig(tau=1.0, block_size=64, min_sparse_len=0)
+SPARSE = rr.RRConfig(tau=0.5, stride=4, block_size=32, min_sparse_len=0)
+
+
+def _forward(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tau_one_equals_sdpa_vision_dense_language_sparse(family):
+    reference, inputs = FAMILIES[family]("sdpa")
+    want = _forward(reference, inputs)
+    model, _ = FAMILIES[family](hf.ATTN_IMPLEMENTATION)
+    hf.configure(model, EXACT)
+    with hf.collect_stats(model) as stats:
+        got = _forward(model, inputs)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+    encoder = stats.encoder_records()
+    assert encoder, "the vision tower's calls must be recorded"
+    assert all(r.is_dense and set(r.dense_reasons) == {NON_CAUSAL.reason} and r.backends == {"attention": "sdpa"}
+               for r in encoder)
+    prefill = stats.prefill_records()
+    assert [r.layer for r in prefill] == [0, 1]  # only the language model's layers
+    assert all(r.dense_reasons == (None,) and r.k_len == inputs["input_ids"].shape[1] for r in prefill)
+    assert stats.sparsity() == 0.0  # τ = 1 keeps every block with mass
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_sparse_language_model_leaves_the_vision_tower_exact(family):
+    reference, inputs = FAMILIES[family]("sdpa")
+    model, _ = FAMILIES[family](hf.ATTN_IMPLEMENTATION)
+    hf.configure(model, SPARSE)
+    with torch.no_grad(), hf.collect_stats(model) as stats:
+        if family == "qwen2_vl":
+            want = reference.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+            got = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        else:
+            want = reference.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
+            got = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
+        model(**inputs)
+    for a, b in zip(_tensors(got), _tensors(want)):
+        assert torch.equal(a, b)  # the same SDPA calls: bit for bit
+    assert 0.0 < stats.sparsity() < 1.0 and all(r.dense_reasons == (None,) for r in stats.prefill_records())
+
+
+def _tensors(out):
+    if hasattr(out, "pooler_output") and out.pooler_output is not None:
+        out = out.pooler_output
+    elif hasattr(out, "last_hidden_state"):
+        out = out.last_hidden_state
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def test_padded_batch_of_two_videos_matches_each_alone():
+    model, long_inputs = qwen2_vl(hf.ATTN_IMPLEMENTATION, frames=8)
+    _, short_inputs = qwen2_vl(hf.ATTN_IMPLEMENTATION, frames=4)
+    hf.configure(model, SPARSE)
+    alone = [_forward(model, x)[0] for x in (long_inputs, short_inputs)]
+    n_long, n_short = (x["input_ids"].shape[1] for x in (long_inputs, short_inputs))
+    pad = n_long - n_short
+    assert pad > 0
+
+    def left_pad(t, value):
+        return torch.cat([torch.full((1, pad), value, dtype=t.dtype), t], dim=1)
+
+    batch = {
+        "input_ids": torch.cat([long_inputs["input_ids"], left_pad(short_inputs["input_ids"], 0)]),
+        "attention_mask": torch.cat([long_inputs["attention_mask"], left_pad(short_inputs["attention_mask"], 0)]),
+        "mm_token_type_ids": torch.cat([long_inputs["mm_token_type_ids"], left_pad(short_inputs["mm_token_type_ids"], 0)]),
+        "pixel_values": torch.cat([long_inputs["pixel_values"], short_inputs["pixel_values"]]),
+        "image_grid_thw": torch.cat([long_inputs["image_grid_thw"], short_inputs["image_grid_thw"]]),
+        "pixel_values_videos": torch.cat([long_inputs["pixel_values_videos"], short_inputs["pixel_values_videos"]]),
+        "video_grid_thw": torch.cat([long_inputs["video_grid_thw"], short_inputs["video_grid_thw"]]),
+    }
+    with hf.collect_stats(model) as stats:
+        got = _forward(model, batch)
+    torch.testing.assert_close(got[0], alone[0], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(got[1, pad:], alone[1], atol=2e-5, rtol=2e-5)
+    prefill = stats.prefill_records()
+    assert all(r.batch == 2 and r.dense_reasons == (None, None) for r in prefill)  # packed around the padding, sparse
+
+
+def test_non_causal_call_runs_dense_even_when_long_enough_for_sparse():
+    """A module flagged bidirectional (no kwarg) and one passing ``is_causal=False`` both get SDPA's
+    non-causal output, never the causal sparse path."""
+    module = torch.nn.Module()
+    module.is_causal = False
+    hf.attach([module], SPARSE, None)  # configured sparse: a causal call of this length would run sparse
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 16, generator=g) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    for kwargs in ({}, {"is_causal": False}):
+        out, _ = hf.attention_forward(module, q, k, v, None, **kwargs)
+        torch.testing.assert_close(out, want)
+
+
+def test_packed_cu_seqlens_are_refused():
+    module = torch.nn.Module()
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="cu_seq_lens_q"):
+        hf.attention_forward(module, q, q, q, None, cu_seq_lens_q=torch.tensor([0, 4, 8]))
