@@ -166,3 +166,24 @@ def _count(features) -> int:
 
 FAMILIES = {"qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "llava_onevision": llava_onevision,
             "llava_next_video": llava_next_video, "internvl": internvl, "smolvlm": smolvlm}
+
+
+def qwen2_vl_for(processor, attn: str):
+    """The tiny Qwen2-VL with the vocabulary and special tokens of ``processor``'s tokenizer
+    (tests/vlm_processor.py), for end-to-end runs from text and frames."""
+    from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tok = processor.tokenizer
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    text = dict(TEXT, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                rope_parameters=dict(MROPE, rope_theta=10000.0))
+    cfg = Qwen2VLConfig(text_config=text, vision_config=dict(depth=2, embed_dim=32, num_heads=2, hidden_size=64, mlp_ratio=2,
+                                                             patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+                        **ids)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return model
