@@ -50,8 +50,8 @@ def test_sparse_language_model_leaves_the_vision_tower_exact(family):
             want = reference.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
             got = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
         else:
-            want = reference.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
-            got = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"])
+            want = reference.model.get_video_features(inputs["pixel_values_videos"])
+            got = model.model.get_video_features(inputs["pixel_values_videos"])
         model(**inputs)
     for a, b in zip(_tensors(got), _tensors(want)):
         assert torch.equal(a, b)  # the same SDPA calls: bit for bit
@@ -114,3 +114,24 @@ def test_packed_cu_seqlens_are_refused():
     q = torch.randn(1, 2, 8, 16)
     with pytest.raises(ValueError, match="cu_seq_lens_q"):
         hf.attention_forward(module, q, q, q, None, cu_seq_lens_q=torch.tensor([0, 4, 8]))
+
+
+def test_bench_vlm_prefill_runs_at_a_tiny_size(tmp_path):
+    """tools/bench_vlm_prefill.py (the H200 benchmark) end to end on the CPU at a tiny geometry."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench_vlm_prefill
+
+    bench_vlm_prefill.main(["--geometry", "tiny", "--layers", "2", "--cases", "8:4x8", "--taus", "1.0,0.5",
+                            "--repeats", "1", "--min-sparse-len", "0", "--device", "cpu", "--out", str(tmp_path)])
+    rows = pd.read_csv(tmp_path / "bench_vlm_prefill.csv")
+    assert list(rows.tau) == [1.0, 0.5] and (rows.visual_tokens == 4 * 4 * 8 // 4).all()
+    assert (rows.prefill_tokens == rows.visual_tokens + 2 + 2 * 64).all()
+    assert (rows.lm_sparse_calls == 2).all() and (rows.lm_dense_calls == 0).all()
+    assert (rows.vision_calls == rows.vision_dense_calls).all() and (rows.vision_calls == 2 * 4).all()  # 2 blocks × 4 frame pairs
+    assert rows.max_abs_dlogit[0] < 1e-4  # τ = 1 keeps every block with mass
+    assert "random weights: a timing, not a quality claim" in (tmp_path / "bench_vlm_prefill.md").read_text()
