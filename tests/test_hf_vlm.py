@@ -135,3 +135,22 @@ def test_bench_vlm_prefill_runs_at_a_tiny_size(tmp_path):
     assert (rows.vision_calls == rows.vision_dense_calls).all() and (rows.vision_calls == 2 * 4).all()  # 2 blocks × 4 frame pairs
     assert rows.max_abs_dlogit[0] < 1e-4  # τ = 1 keeps every block with mass
     assert "random weights: a timing, not a quality claim" in (tmp_path / "bench_vlm_prefill.md").read_text()
+
+
+def test_from_pretrained_by_name_routes_both_towers_through_the_hook(tmp_path):
+    """The README's VLM example: a saved model loaded with ``attn_implementation="rrattention"``
+    sends the vision tower there too (dense) and generates with a dense decode."""
+    from transformers import AutoModelForImageTextToText
+
+    model, inputs = qwen2_vl("sdpa")
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation=hf.ATTN_IMPLEMENTATION).eval()
+    assert loaded.config.vision_config._attn_implementation == hf.ATTN_IMPLEMENTATION
+    hf.configure(loaded, SPARSE)
+    with torch.no_grad(), hf.collect_stats(loaded) as stats:
+        out = loaded.generate(**inputs, max_new_tokens=3, do_sample=False, min_new_tokens=3)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert stats.encoder_records() and all(r.is_dense for r in stats.encoder_records())
+    decode = [r for r in stats.records if r.q_len == 1]
+    assert len(decode) == 2 * 2 and all(r.is_dense for r in decode)  # 2 layers × 2 decode steps
+    assert all(not r.is_dense for r in stats.prefill_records())
