@@ -96,6 +96,8 @@ def test_probe_and_uniform_sampling_follow_the_official_indices(root):
     assert frames.shape == (8, 48, 64, 3) and frames.dtype == np.uint8
     got = frames.reshape(8, -1).mean(axis=1)
     np.testing.assert_allclose(got, [level(i) for i in indices], atol=2.5)  # each the frame asked for
+    far = [57, 3, 31, 3]  # more than two seconds apart: seeks to the keyframe before each, then decodes forward
+    np.testing.assert_allclose(vm.decode(info, far).reshape(4, -1).mean(axis=1), [level(i) for i in far], atol=2.5)
 
 
 def test_fps_sampling_is_capped_and_keeps_timestamps(root):
