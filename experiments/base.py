@@ -108,8 +108,11 @@ class ModelContext:
         visual = int(torch.isin(ids, torch.tensor([i for i in visual_ids if i is not None], dtype=ids.dtype)).sum())
         tokens = {"visual_tokens": visual, "text_tokens": int(ids.shape[1]) - visual, "prefill_tokens": int(ids.shape[1])}
         pad = getattr(self.tokenizer, "pad_token_id", None)
+        dtype = self.model.dtype  # pixels in the model's dtype, ids and grids as they are
+        inputs = {k: v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device)
+                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         with torch.no_grad(), rr.hf.collect_stats(self.model) as stats:
-            out = self.model.generate(**inputs.to(self.device), max_new_tokens=max_new_tokens, do_sample=False,
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id)
         text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         return text, self._prefill_sparsity(stats), tokens
