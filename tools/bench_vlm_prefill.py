@@ -18,7 +18,9 @@ under rrattention at each τ (default ``RRConfig`` otherwise: ``min_sparse_len``
 crossover), median of ``--repeats`` passes after two warm-ups (CUDA events on a GPU); the vision
 tower alone (``get_video_features``, the same SDPA calls in both); then one pass under
 ``collect_stats``: the language model's sparsity (spec §6), its calls that ran dense, and the
-vision tower's calls (all dense, reason ``non-causal attention (encoder)``).
+vision tower's calls (all dense, reason ``non-causal attention (encoder)``). ``max_abs_dlogit``
+(rrattention's last-token logits against SDPA's) is a sanity check only: with random weights the
+attention's share of the logits is small.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def main(argv=None) -> None:
             "# Video-LLM prefill: SDPA vs rrattention (random weights: a timing, not a quality claim)\n\n"
             f"{provenance}\n\nMilliseconds, medians; `vision_ms` is the vision tower alone (the same SDPA calls under "
             "both); `lm_*_calls` count the language model's prefill calls, `vision_*_calls` the vision tower's "
-            "(all dense: non-causal).\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+            "(all dense: non-causal); `max_abs_dlogit` is a sanity check, not a fidelity measure (random weights).\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
 
 
 if __name__ == "__main__":
