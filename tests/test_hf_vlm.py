@@ -154,3 +154,22 @@ def test_from_pretrained_by_name_routes_both_towers_through_the_hook(tmp_path):
     decode = [r for r in stats.records if r.q_len == 1]
     assert len(decode) == 2 * 2 and all(r.is_dense for r in decode)  # 2 layers × 2 decode steps
     assert all(not r.is_dense for r in stats.prefill_records())
+
+
+def test_vision_call_with_a_patch_padding_mask_stays_exact():
+    """SmolVLM masks padded patches through create_bidirectional_mask (our registered mask
+    function builds it): the vision tower gets that mask and SDPA's result."""
+    from tests.vlm_models import smolvlm
+
+    reference, inputs = smolvlm("sdpa")
+    model, _ = smolvlm(hf.ATTN_IMPLEMENTATION)
+    hf.configure(model, SPARSE)
+    mask = inputs["pixel_attention_mask"].clone()
+    mask[0, 1, :, 14:] = False  # frame 1: right half padding
+    mask[0, 2, 14:, :] = False  # frame 2: bottom half padding
+    with torch.no_grad(), hf.collect_stats(model) as stats:
+        want = reference.model.get_image_features(pixel_values=inputs["pixel_values"], pixel_attention_mask=mask)
+        got = model.model.get_image_features(pixel_values=inputs["pixel_values"], pixel_attention_mask=mask)
+    for a, b in zip(_tensors(got), _tensors(want)):
+        assert torch.equal(a, b)
+    assert stats.encoder_records() and all(r.is_dense for r in stats.encoder_records())
