@@ -82,7 +82,10 @@ def read_questions(root: str | Path) -> list[dict]:
 
 
 def video_path(root: str | Path, video: str) -> Path:
-    return Path(root) / "data" / f"{video}.mp4"
+    """``data/<videoID>.mp4``; ``.MP4`` or ``.mkv`` where a download left that instead (as lmms-eval
+    accepts). A missing file is reported by :func:`probe`, under the ``.mp4`` name."""
+    mp4, *others = (Path(root) / "data" / f"{video}{ext}" for ext in (".mp4", ".MP4", ".mkv"))
+    return mp4 if mp4.is_file() else next((p for p in others if p.is_file()), mp4)
 
 
 def subtitle_path(root: str | Path, video: str) -> Path:

@@ -188,6 +188,15 @@ def test_bad_input_names_the_file(root, tmp_path):
         vm.read_subtitles(tmp_path / "subtitle" / "x.srt")
 
 
+def test_video_path_accepts_the_other_extensions_lmms_eval_accepts(tmp_path):
+    (tmp_path / "data").mkdir()
+    assert vm.video_path(tmp_path, "abc") == tmp_path / "data" / "abc.mp4"  # missing: named as .mp4
+    (tmp_path / "data" / "abc.mkv").write_bytes(b"")
+    assert vm.video_path(tmp_path, "abc") == tmp_path / "data" / "abc.mkv"
+    (tmp_path / "data" / "abc.mp4").write_bytes(b"")
+    assert vm.video_path(tmp_path, "abc") == tmp_path / "data" / "abc.mp4"
+
+
 def test_task_settings_are_validated():
     with pytest.raises(ValueError, match="root"):
         vm.VideoMME()
