@@ -6,7 +6,8 @@ from .attention_fidelity import AttentionFidelity
 from .copy_task import InContextCopy
 from .fidelity import Fidelity
 from .helmet import HelmetLocal
+from .videomme import VideoMME
 
-TASKS = {cls.name: cls for cls in (Fidelity, InContextCopy, AttentionFidelity)} | recall.TASKS | {"helmet": HelmetLocal}
+TASKS = {cls.name: cls for cls in (Fidelity, InContextCopy, AttentionFidelity)} | recall.TASKS | {"helmet": HelmetLocal, "videomme": VideoMME}
 
 __all__ = ["TASKS", "Fidelity", "InContextCopy"]

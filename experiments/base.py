@@ -30,13 +30,15 @@ class Task(Protocol):
 
 @dataclass
 class ModelContext:
-    """A loaded model and tokenizer, switched between methods without reloading."""
+    """A loaded model and tokenizer (and, for a vision-language model, its processor), switched
+    between methods without reloading."""
 
     model: Any
     tokenizer: Any
     device: torch.device
     text: Callable[[], str]  # the haystack corpus, loaded on first use
     method_cfg: AttentionConfig | None = None
+    processor: Any = None  # a VLM's own processor (images, videos and text → model inputs)
     # [dense, all] prefill attention calls under the method since the last take_dense_fraction()
     _prefill_calls: list = field(default_factory=lambda: [0, 0])
     _full_cache: dict = field(default_factory=dict)
@@ -94,6 +96,26 @@ class ModelContext:
                                       pad_token_id=self.tokenizer.eos_token_id)
         text = self.tokenizer.decode(out[0, prompt_ids.shape[1]:], skip_special_tokens=True)
         return text, self._prefill_sparsity(stats)
+
+    def generate_multimodal(self, inputs, max_new_tokens: int) -> tuple[str, float, dict[str, int]]:
+        """Greedy continuation of a processor's inputs (one prompt; prefill under the method, decode
+        dense), its prefill sparsity (the language model's causal calls; the vision tower runs dense
+        and is left out) and the prompt's token counts: visual (image and video placeholder tokens),
+        text and the whole prefill."""
+        ids = inputs["input_ids"]
+        visual_ids = [getattr(self.model.config, name, None) for name in
+                      ("image_token_id", "video_token_id", "image_token_index", "video_token_index")]
+        visual = int(torch.isin(ids, torch.tensor([i for i in visual_ids if i is not None], dtype=ids.dtype)).sum())
+        tokens = {"visual_tokens": visual, "text_tokens": int(ids.shape[1]) - visual, "prefill_tokens": int(ids.shape[1])}
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        dtype = self.model.dtype  # pixels in the model's dtype, ids and grids as they are
+        inputs = {k: v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device)
+                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        with torch.no_grad(), rr.hf.collect_stats(self.model) as stats:
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id)
+        text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return text, self._prefill_sparsity(stats), tokens
 
     def _prefill_sparsity(self, stats) -> float:
         """spec §6 sparsity of the collected prefill calls (0 if none), counting those that ran dense."""

@@ -67,8 +67,11 @@ class EvalConfig:
                 tasks.append(TASKS[spec.name](**spec.settings))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"tasks[{spec.name}]: {err}") from None
-        if not self.lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 64 for n in self.lengths):
-            raise ValueError(f"lengths must be a list of token counts >= 64, got {list(self.lengths)}")
+        # lengths are token counts, except for tasks that count frames (videomme) when all tasks do
+        frames = all(getattr(t, "length_unit", "tokens") == "frames" for t in tasks)
+        low, unit = (1, "frame counts") if frames else (64, "token counts")
+        if not self.lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < low for n in self.lengths):
+            raise ValueError(f"lengths must be a list of {unit} >= {low}, got {list(self.lengths)}")
         for task in tasks:
             for length in self.lengths if hasattr(task, "check_length") else ():
                 try:

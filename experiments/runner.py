@@ -110,6 +110,15 @@ def load_context(cfg: EvalConfig, device: str):
     from .base import ModelContext
 
     dtype = getattr(torch, resolve_dtype(cfg.dtype, device))
+    if any(getattr(t, "needs_processor", False) for t in task_instances(cfg).values()):
+        if cfg.model == "smollm2":
+            raise ValueError("model: a task that reads images or videos (videomme) needs a local vision-language "
+                             "model directory, not the text-only smollm2")
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(cfg.model)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype).to(device).eval()
+        return ModelContext(model, processor.tokenizer, torch.device(device), lambda: "", processor=processor)
     if cfg.model == "smollm2":
         tokenizer, model = assets.load_smollm2(device=device, dtype=dtype)
     else:
@@ -123,8 +132,9 @@ def load_context(cfg: EvalConfig, device: str):
 def clear(run_dir: Path) -> None:
     """Delete a run folder's records and what was built from them (``--fresh``); other files stay."""
     records = load_records(run_dir / RECORDS)
-    plots = [f"{task}.png" for task in dict.fromkeys(r["task"] for r in records)]
-    for name in (RECORDS, fingerprint.FINGERPRINT, "summary.csv", "table.md", "environment.json", *plots):
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    built = [f"{task}.png" for task in tasks] + [f"{task}.md" for task in tasks]  # plots, task reports
+    for name in (RECORDS, fingerprint.FINGERPRINT, "summary.csv", "table.md", "environment.json", *built):
         (run_dir / name).unlink(missing_ok=True)
     print(f"--fresh: deleted the {len(records)} records of {run_dir}/", flush=True)
 
@@ -212,7 +222,7 @@ def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
         metric = task.primary_metric
         row = {"method": method, "task": task_name, "length": length, "n": len(group), "metric": metric,
                "score": group[metric].mean(), "score_std": group[metric].std(ddof=0), "sparsity": group["sparsity"].mean()}
-        for extra in ("kl", "nll", "nll_full", "dense_calls"):
+        for extra in ("kl", "nll", "nll_full", "dense_calls", "visual_tokens", "text_tokens", "prefill_tokens"):
             if extra in group:
                 row[extra] = group[extra].mean()
         if full_label is not None and task.higher_is_better:
@@ -234,8 +244,12 @@ def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
               "Sparsity: per sample the mean over layers of the prefill sparsity (spec §6), then the mean over samples.\n\n")
     (run_dir / "table.md").write_text(header + summary.to_markdown(index=False, floatfmt=".4g") + "\n"
                                       + (f"\n**Warning:** {dense_note}\n" if dense_note else ""))
+    for task in tasks.values():  # a task's own breakdown (Video-MME: by duration, domain, task type)
+        report = task.report(records, full_label) if hasattr(task, "report") else ""
+        if report:
+            (run_dir / f"{task.name}.md").write_text(report)
     if plots:
-        _plots(summary, run_dir)
+        _plots(summary, run_dir, {name: getattr(t, "length_unit", "tokens") for name, t in tasks.items()})
     return summary
 
 
@@ -311,24 +325,26 @@ def records_for_cli(cfg: EvalConfig, args, tool: str, argv: list[str] | None,
     return run(cfg, progress=not args.no_progress, fresh=args.fresh, files={COMMAND: command_line, **(files or {})})
 
 
-def _plots(summary, run_dir: Path) -> None:
+def _plots(summary, run_dir: Path, units: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     for task, frame in summary.groupby("task"):
+        unit = units.get(task, "tokens")
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for method, rows in frame.groupby("method", sort=False):
             axes[0].plot(rows["sparsity"], rows["score"], "o", label=method)
             for _, r in rows.iterrows():
-                axes[0].annotate(f"{r['length'] // 1024}K", (r["sparsity"], r["score"]), fontsize=7)
+                label = f"{r['length'] // 1024}K" if unit == "tokens" else f"{r['length']} {unit}"
+                axes[0].annotate(label, (r["sparsity"], r["score"]), fontsize=7)
             axes[1].plot(rows["length"], rows["score"], "o-", label=method)
             axes[2].plot(rows["length"], rows["sparsity"], "o-", label=method)
         metric = frame["metric"].iloc[0]
         axes[0].set(xlabel="sparsity", ylabel=metric, title=f"{task}: {metric} vs sparsity (Pareto)")
-        axes[1].set(xscale="log", xlabel="tokens", ylabel=metric, title=f"{task}: {metric} vs length")
-        axes[2].set(xscale="log", xlabel="tokens", ylabel="sparsity", title=f"{task}: sparsity vs length")
+        axes[1].set(xscale="log", xlabel=unit, ylabel=metric, title=f"{task}: {metric} vs length")
+        axes[2].set(xscale="log", xlabel=unit, ylabel="sparsity", title=f"{task}: sparsity vs length")
         for ax in axes:
             ax.legend(fontsize=7)
         fig.tight_layout()

@@ -31,7 +31,8 @@ class CallRecord:
 
     ``sparsity`` follows spec §6 over the call's (sequence, head, query block) grid;
     ``sparsity_per_head`` is fp32 ``[B, Hq]`` on the CPU. ``timings_ms`` is filled when the
-    collector was asked for timings.
+    collector was asked for timings. ``causal`` is False for an encoder's call (a VLM's vision
+    tower), which always runs dense and is left out of the prefill statistics.
     """
 
     layer: int | None
@@ -43,6 +44,7 @@ class CallRecord:
     dense_reasons: tuple[str | None, ...]
     backends: dict
     timings_ms: dict = field(default_factory=dict)
+    causal: bool = True
 
     @property
     def is_dense(self) -> bool:
@@ -58,7 +60,12 @@ class StatsCollector:
     records: list[CallRecord] = field(default_factory=list)
 
     def prefill_records(self) -> list[CallRecord]:
-        return [r for r in self.records if r.q_len > 1]
+        """The causal (decoder) calls of more than one query: what spec §6's sparsity is about."""
+        return [r for r in self.records if r.q_len > 1 and r.causal]
+
+    def encoder_records(self) -> list[CallRecord]:
+        """The non-causal calls (a VLM's vision tower), all dense."""
+        return [r for r in self.records if not r.causal]
 
     def layer_sparsity(self) -> dict[int | None, float]:
         """Mean sparsity of each layer's prefill calls."""
@@ -197,6 +204,11 @@ class MaskedDense:
     reason: str = "attention mask is not causal + padding"
 
 
+# Bidirectional attention (a vision encoder's patches, per image or frame) is outside the spec's
+# causal prefill: it runs the framework's exact dense attention, recorded with this reason.
+NON_CAUSAL = MaskedDense("non-causal attention (encoder)")
+
+
 def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
           allowed: Callable[[], torch.Tensor | None], scaling: float | None, timing: bool):
     """The call's plan: from the cache, or built (validating the shapes once, reading a mask once)."""
@@ -220,7 +232,7 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
 
 def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    mask: Any, allowed: Callable[[], torch.Tensor | None], scaling: float | None,
-                   dense: Callable[[], torch.Tensor], dense_name: str) -> torch.Tensor:
+                   dense: Callable[[], torch.Tensor], dense_name: str, causal: bool = True) -> torch.Tensor:
     """One call: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]`` (GQA not repeated) →
     ``[B, Lq, Hq, D]``.
 
@@ -232,12 +244,13 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     sequence (decode, a dense layer, ``Lk < min_sparse_len``) → ``dense()``, the framework's own
     dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a dense call without a
     mask and with ``1 < Lq < Lk``, which frameworks do not make, runs the library's bottom-right
-    causal SDPA instead). Appends a :class:`CallRecord` when a collector is active.
+    causal SDPA instead). ``causal=False`` (an encoder's bidirectional call) always runs
+    ``dense()``. Appends a :class:`CallRecord` when a collector is active.
     """
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
     collect = state.collector is not None
-    plan = _plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing)
+    plan = _plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing) if causal else NON_CAUSAL
     if isinstance(plan, MaskedDense):
         reason = plan.reason
     elif isinstance(plan, PaddingPlan):
@@ -257,7 +270,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         stats = plan.stats(run) if collect else None
     else:
         timer = StageTimer(query.device) if collect and state.collector.timing else None
-        if mask is None and 1 < q_len < k_len:
+        if mask is None and 1 < q_len < k_len and not isinstance(plan, MaskedDense):
             run = plan.run(query, key, value, layer)
             out, used, timings = run.out.transpose(1, 2), run.layer_plan.backends, run.timings_ms
         else:
@@ -273,6 +286,6 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         state.collector.records.append(CallRecord(
             layer=layer, q_len=q_len, k_len=k_len, batch=batch, sparsity=stats.sparsity,
             sparsity_per_head=per_head, dense_reasons=stats.dense_reasons,
-            backends=dict(stats.backends), timings_ms=dict(stats.timings_ms),
+            backends=dict(stats.backends), timings_ms=dict(stats.timings_ms), causal=causal,
         ))
     return out

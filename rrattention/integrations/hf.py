@@ -18,6 +18,12 @@ padding never influences selection or outputs; any other mask (sliding window, p
 → dense SDPA with that mask, recorded as a dense call. The policies of spec §6 decide dense vs
 sparse: prefill of ``Lk ≥ min_sparse_len`` is sparse, decode (``Lq = 1``) dense, chunked prefill
 (``1 < Lq < Lk``) sparse with bottom-right alignment.
+
+Vision-language models send their vision encoder's attention through the same name, with
+``is_causal=False`` (one call per image or frame group; Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SigLIP,
+CLIP, InternVL, SmolVLM): every non-causal call runs transformers' SDPA exactly, with its mask, and
+is recorded dense (``CallRecord.causal`` False), so only the language model's causal prefill goes
+sparse.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from ._calls import CallRecord, StatsCollector, allowed_mask, attach, attention_
 
 ATTN_IMPLEMENTATION = "rrattention"
 __all__ = ["ATTN_IMPLEMENTATION", "CallRecord", "StatsCollector", "attention_forward", "attention_modules", "collect_stats",
-           "configure", "register"]
+           "configure", "encoder_attention_modules", "register"]
 
 
 def register() -> None:
@@ -77,6 +83,11 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
 
 
+def encoder_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's bidirectional attention modules (a VLM's vision tower): ``is_causal`` False, no ``layer_idx``."""
+    return [m for m in model.modules() if getattr(m, "is_causal", None) is False and not hasattr(m, "layer_idx")]
+
+
 def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, method: str | None = None,
               backend: str | None = None, **settings) -> torch.nn.Module:
     """Attach a method's settings to a loaded model and switch its attention to ``"rrattention"``.
@@ -94,7 +105,7 @@ def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, met
             f"model ({type(model).__name__}) has no attention module with `layer_idx` and `num_key_value_groups`; "
             "rrattention needs a transformers model that uses AttentionInterface"
         )
-    attach(modules, cfg, backend)
+    attach(modules + encoder_attention_modules(model), cfg, backend)  # one state: encoder calls are recorded too
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     return model
 
@@ -109,14 +120,20 @@ def collect_stats(model: torch.nn.Module, *, timing: bool = False):
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The ``AttentionInterface`` function: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]``
     (GQA not repeated) → ``([B, Lq, Hq, D], None)``."""
-    for feature in ("softcap", "s_aux"):
+    for feature in ("softcap", "s_aux", "cu_seq_lens_q"):  # transformers passes cu_seq_lens to flash backends only
         if kwargs.get(feature) is not None:
             raise ValueError(f"rrattention does not support attention with `{feature}` (model {type(module).__name__})")
 
     state = module_state(module)
     layer = getattr(module, "layer_idx", None)
+    # the call's own flag first (as transformers' SDPA reads it): vision encoders pass is_causal=False
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
     if not torch.compiler.is_compiling():
-        return _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs), None
+        return _eager_forward(module, state, layer, causal, query, key, value, attention_mask, scaling, dropout,
+                              **kwargs), None
+    if state.collector is None and not causal:
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs), None
     if state.collector is None:
         # One opaque node of the compiled graph (integrations/custom_op.py): no graph break.
         out = torch.ops.rrattention.attention(query, key, value, attention_mask, state.config_json,
@@ -124,16 +141,21 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
                                               state.backend or "")
         return out, None
     # Statistics are read on the host: a compiled graph that collects them breaks here.
-    return torch.compiler.disable(_eager_forward)(module, state, layer, query, key, value, attention_mask, scaling,
-                                                  dropout, **kwargs), None
+    return torch.compiler.disable(_eager_forward)(module, state, layer, causal, query, key, value, attention_mask,
+                                                  scaling, dropout, **kwargs), None
 
 
-def _eager_forward(module, state, layer, query, key, value, attention_mask, scaling, dropout, **kwargs):
+def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+    """transformers' own SDPA attention ``[B, Lq, Hq, D]``, with the call's mask and flags."""
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+
+def _eager_forward(module, state, layer, causal, query, key, value, attention_mask, scaling, dropout, **kwargs):
     def dense():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
     out = attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask), scaling,
-                         dense, "sdpa")
+                         dense, "sdpa", causal=causal)
     return out.contiguous()
 
 
