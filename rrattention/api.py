@@ -161,7 +161,8 @@ def block_sparse_attention(
         raise ValueError(f"block_mask must be a bool tensor, got {block_mask.dtype}")
     if block_mask.device != q.device:
         raise ValueError(f"block_mask must be on the device of q ({q.device}), got {block_mask.device}")
-    prob = backends.Problem(q.device, block_size, q.dtype, shape.head_dim)
+    prob = backends.Problem(q.device, block_size, q.dtype, shape.head_dim, dense_flops=backends.causal_flops(
+        shape.batch, shape.q_heads, shape.q_len, shape.k_len, shape.head_dim))
     chosen = backends.choose("attention", prob, backend)
     out, lse = chosen.attend(q, k, v, backends.Selection(block_mask), block_size=block_size,
                              scale=check_scale(scale, shape.head_dim))

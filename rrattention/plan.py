@@ -89,8 +89,10 @@ class AttentionPlan:
         self._bound: dict[str, backends.Backend] | None = {} if bind_backends else None
 
     def problem(self, cfg: AttentionConfig, varlen: bool = False) -> Problem:
+        flops = None if varlen else backends.causal_flops(self.batch, self.q_heads, self.q_len, self.k_len, self.head_dim)
         return Problem(device=self.device, block_size=cfg.block_size, dtype=self.dtype, head_dim=self.head_dim,
-                       stride=getattr(cfg, "stride", None), group=self.q_heads // self.kv_heads, varlen=varlen)
+                       stride=getattr(cfg, "stride", None), group=self.q_heads // self.kv_heads, varlen=varlen,
+                       dense_flops=flops)
 
     def layer_plan(self, layer: int | None) -> LayerPlan:
         planned = self._layers.get(layer)

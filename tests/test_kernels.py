@@ -212,3 +212,14 @@ def test_fa4_block_lists_split_a_mask_into_partial_and_full_tiles(q_len, k_len):
             (full if bool((keys[None, :] <= rows[:, None]).all()) and (j + 1) * bk <= k_len else partial).append(j)
         assert (int(fc[b, h, i]), int(pc[b, h, i])) == (len(full), len(partial))
         assert fi[b, h, i, : len(full)].tolist() == full and pi[b, h, i, : len(partial)].tolist() == partial
+
+
+def test_fa4_declines_calls_too_small_to_repay_its_host_cost():
+    from rrattention.backends import fa4
+
+    small = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=64,
+                             dense_flops=backends.causal_flops(1, 9, 16384, 16384, 64))
+    large = dataclasses.replace(small, dense_flops=backends.causal_flops(1, 9, 32768, 32768, 64))
+    assert any("break-even" in r for r in fa4.FA4Backend().limits("attention", small))
+    assert not any("break-even" in r for r in fa4.FA4Backend().limits("attention", large))
+    assert backends.causal_flops(2, 3, 10, 30, 8) == 4 * 2 * 3 * 10 * 25 * 8

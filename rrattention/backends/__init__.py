@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .base import STAGES, Backend, EstimatorSettings, Packed, Problem, Selection, SelectionSettings
+from .base import STAGES, Backend, EstimatorSettings, Packed, Problem, Selection, SelectionSettings, causal_flops
 from .fa4 import FA4Backend
 from .flex import FlexBackend
 from .reference import ReferenceBackend
@@ -88,6 +88,7 @@ __all__ = [
     "SelectionSettings",
     "StageBackends",
     "available",
+    "causal_flops",
     "choose",
     "choose_all",
     "explain",

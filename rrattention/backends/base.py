@@ -40,6 +40,12 @@ class Problem:
     stride: int | None = None
     group: int | None = None
     varlen: bool = False
+    dense_flops: float | None = None  # the call's causal dense attention FLOPs (causal_flops); None: unknown
+
+
+def causal_flops(batch: int, q_heads: int, q_len: int, k_len: int, head_dim: int) -> float:
+    """FLOPs of dense bottom-right causal attention: ``4·B·Hq·Lq·(Lk − Lq/2)·D`` (QKᵀ and PV)."""
+    return 4.0 * batch * q_heads * q_len * (k_len - q_len / 2) * head_dim
 
 
 @dataclass(frozen=True)

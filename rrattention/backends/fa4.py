@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, Packed, Problem, Selection
+from .base import Backend, Packed, Problem, Selection, causal_flops
 
-REQUIRED_ARCH = (9, 0)
+# Below this much dense attention work per call FA4's host launch cost (a few hundred microseconds of
+# Python per call on the H200's host) outweighs its faster kernel: SmolLM2's prefill (9 query heads,
+# D=64) ran 0.99x SDPA at 16K tokens with FA4 against 1.08x with the Triton kernel, and 1.30x
+# against 1.24x at 32K (tools/bench_prefill.py, results/prefill/h200/). The break-even is put at
+# SmolLM2's 32K call.
+MIN_DENSE_FLOPS = causal_flops(1, 9, 32768, 32768, 64)
 
 
 def architecture_reasons(capability: tuple[int, int]) -> list[str]:
@@ -53,6 +58,9 @@ class FA4Backend(Backend):
         if problem.head_dim is not None and problem.head_dim not in self.head_dims:
             reasons.append(f"head dim {problem.head_dim} not in {sorted(self.head_dims)} (FA4's SM90 tile must "
                            "match 128-token key blocks)")
+        if problem.dense_flops is not None and problem.dense_flops < MIN_DENSE_FLOPS:
+            reasons.append(f"{problem.dense_flops:.2g} dense FLOPs per call are below FA4's measured break-even "
+                           f"({MIN_DENSE_FLOPS:.2g}): its host launch cost outweighs its faster kernel")
         if problem.device.type == "cuda" and torch.cuda.is_available():
             reasons += architecture_reasons(torch.cuda.get_device_capability(problem.device))
         return reasons

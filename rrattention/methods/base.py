@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .. import backends
-from ..backends import Packed, Problem, Selection, StageBackends
+from ..backends import Packed, Problem, Selection, StageBackends, causal_flops
 from ..config import AttentionConfig
 from ..reference import forced_blocks, last_query_key_positions
 from ..timing import StageTimer, stage
@@ -79,8 +79,9 @@ class MaskMethod(Method):
 def problem_of(q: torch.Tensor, k: torch.Tensor, cfg: AttentionConfig, varlen: bool = False) -> Problem:
     """What dispatch needs to know about a call on ``q``/``k``: padded ``[B, H, L, D]`` or packed
     ``[T, H, D]`` (``varlen``); the head axis is 1 in both."""
+    flops = None if varlen else causal_flops(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[-1])
     return Problem(device=q.device, block_size=cfg.block_size, dtype=q.dtype, head_dim=q.shape[-1],
-                   stride=getattr(cfg, "stride", None), group=q.shape[1] // k.shape[1], varlen=varlen)
+                   stride=getattr(cfg, "stride", None), group=q.shape[1] // k.shape[1], varlen=varlen, dense_flops=flops)
 
 
 def diagonal_blocks(q_len: int, k_len: int, block_size: int, device) -> torch.Tensor:
