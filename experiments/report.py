@@ -88,6 +88,8 @@ def load_runs(results: Path, *, plots: bool) -> dict[str, Run]:
 
 
 def _ms(value: float) -> str:
+    if value != value:  # not measured in that run (NaN)
+        return "—"
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
@@ -211,7 +213,7 @@ def kernel_tables(kernels: pd.DataFrame | None, prefill: pd.DataFrame | None, gp
                  "| L | cuDNN dense | ours d=1 | ours d=0.5 | ours d=0.25 | Flex d=0.5 | RR estimate+select (S=8) | "
                  "XAttention estimate | FlexPrefill estimate |", "|---|---|---|---|---|---|---|---|---|"]
         for _, r in rows.iterrows():
-            values = [r.sdpa_cudnn_ms, r.ours_d1_ms, r["ours_d0.5_ms"], r["ours_d0.25_ms"], r["flex_d0.5_ms"],
+            values = [r.sdpa_cudnn_ms, r.ours_d1_ms, r["ours_d0.5_ms"], r["ours_d0.25_ms"], r.get("flex_d0.5_ms", float("nan")),
                       r.estimate_select_ms, r.estimate_xattention_ms, r.estimate_flexprefill_ms]
             lines.append(f"| {_k(int(r.L))} | " + " | ".join(_ms(v) for v in values) + " |")
         out["kernels"] = "\n".join(lines) + "\n"
