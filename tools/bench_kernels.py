@@ -104,9 +104,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--sweep", type=int, default=0, metavar="L",
                     help="only time launch-config variants of both kernels at length L and exit")
+    ap.add_argument("--select", type=int, default=0, metavar="L",
+                    help="only time the estimator (exact and fast) and the selection at length L and exit")
     args = ap.parse_args()
     import pandas as pd
 
+    if args.select:
+        q = torch.randn(1, args.q_heads, args.select, args.head_dim, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, args.kv_heads, args.select, args.head_dim, device="cuda", dtype=torch.bfloat16)
+        common = dict(stride=args.stride, block_size=args.block, head_shift="round_robin", scale=args.head_dim**-0.5)
+        scores = estimate_block_scores(q, k, **common)
+        times = {"estimate_exact_ms": bench(lambda: estimate_block_scores(q, k, **common)),
+                 "estimate_fast_ms": bench(lambda: estimate_block_scores(q, k, precision="fast", **common)),
+                 "select_ms": bench(lambda: select_blocks(scores, q_len=args.select, k_len=args.select, block_size=args.block,
+                                                          tau=0.95, selector="top_tau", force_sink=True, force_diagonal=True,
+                                                          dense_last_query_block=True))}
+        props = torch.cuda.get_device_properties(0)
+        print(f"{props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
+              f"B=1, Hq={args.q_heads}, Hkv={args.kv_heads}, D={args.head_dim}, L={args.select}: "
+              + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items()))
+        return
     if args.sweep:
         sweep(args.sweep, args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride)
         return

@@ -221,6 +221,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="small sizes only (for compute-sanitizer)")
     ap.add_argument("--skip-flex", action="store_true", help="do not check the FlexAttention backend")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains one of these comma-separated texts")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.out is not None:
@@ -258,6 +259,8 @@ def main() -> int:
             ("small chunked 300/650 D128 fp16", 2, 4, 2, 300, 650, 128, torch.float16, C(tau=0.8)),
         ]
     ok = True
+    wanted = lambda name: not args.only or any(part in name for part in args.only.split(","))  # noqa: E731
+    cases = [c for c in cases if wanted(c[0])]
     for name, b, hq, hkv, lq, lk, d, dtype, cfg in cases:
         g = torch.Generator(device="cuda").manual_seed(lq * 31 + hq)
         # keys with a few strong directions, as in real models, so attention is far from uniform
@@ -268,13 +271,17 @@ def main() -> int:
     for name, b, hq, hkv, lk, d, dtype in [("decode GQA3 B2 8192 D64 bf16", 2, 9, 3, 8192, 64, torch.bfloat16),
                                            ("decode MHA 5000 D128 fp16", 1, 8, 8, 5000, 128, torch.float16),
                                            ("decode GQA7 32768 D128 bf16", 1, 28, 4, 32768, 128, torch.bfloat16)][: 1 if args.small else None]:
-        ok &= check_decode(name, b, hq, hkv, lk, d, dtype, report)
-    ok &= check_plan_layers("plan layers GQA3 8192 D64 bf16", 9, 3, 2048 if args.small else 8192, 64, torch.bfloat16, report)
-    ok &= check_plan_layers("plan layers GQA4 6000 D128 fp16", 32, 8, 1000 if args.small else 6000, 128, torch.float16, report)
+        if wanted(name):
+            ok &= check_decode(name, b, hq, hkv, lk, d, dtype, report)
+    for name, hq, hkv, length, small, d, dtype in [("plan layers GQA3 8192 D64 bf16", 9, 3, 8192, 2048, 64, torch.bfloat16),
+                                                   ("plan layers GQA4 6000 D128 fp16", 32, 8, 6000, 1000, 128, torch.float16)]:
+        if wanted(name):
+            ok &= check_plan_layers(name, hq, hkv, small if args.small else length, d, dtype, report)
     lens = ([100, 300, 65], [100, 500, 65]) if args.small else ([1000, 4093, 129, 2500], [1000, 4093, 129, 7000])
-    # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6
-    ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16,
-                       C(tau=0.9, min_sparse_len=0), report)
+    if wanted("varlen"):
+        # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6
+        ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16,
+                           C(tau=0.9, min_sparse_len=0), report)
     report("ALL PASS" if ok else "SOME CASES FAILED")
     return 0 if ok else 1
 

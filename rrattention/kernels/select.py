@@ -59,15 +59,16 @@ def _select_kernel(
         score = tl.where(placed_first, 0.0, score)
     # Rank by (value desc, index asc): non-negative fp32 bits order like the values; padding sorts last.
     bits = tl.where(in_seq, score.to(tl.int32, bitcast=True), -1).to(tl.int64)
-    ranked = tl.sort((bits << 32) | (BLOCK_K - 1 - j).to(tl.int64), descending=True)
+    key = (bits << 32) | (BLOCK_K - 1 - j).to(tl.int64)  # distinct: a total order of the blocks
+    ranked = tl.sort(key, descending=True)
     ranked_value = tl.where(ranked >= 0, (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
-    ranked_index = (BLOCK_K - 1 - (ranked & 0xFFFFFFFF)).to(tl.int64)
     # Spec §6 per sequence: short keys or a single query select every visible block (dense).
     dense = (k_len < min_sparse_len) | ((q_len == 1) & (single_query_dense != 0))
     keep_ranked = tl.cumsum(ranked_value, 0, reverse=True) > tl.where(dense, -1.0, keep_threshold * total)
-    # Back to block order: sort by index, carrying the decision in the low bit.
-    by_mass = (tl.sort(ranked_index * 2 + keep_ranked.to(tl.int64)) & 1) != 0
-    keep = (by_mass & visible) | forced
+    # The kept ranks are a prefix: a block is kept iff its key ranks at or above the last kept one,
+    # which needs no second sort back to block order.
+    last_kept = tl.min(tl.where(keep_ranked, ranked, 0x7FFFFFFFFFFFFFFF), 0)
+    keep = ((key >= last_kept) & visible) | forced
 
     grid_ok = j < n_kblocks_grid
     tl.store(Mask + seq * stride_mb + head * stride_mh + i * stride_mi + j, keep.to(tl.int8), mask=grid_ok)
