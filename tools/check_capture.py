@@ -103,11 +103,15 @@ def main() -> int:
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    lines = []
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("")
 
-    def report(line):
+    def report(line):  # written as it goes: a run that dies (a failed capture can) keeps what it found
         print(line, flush=True)
-        lines.append(line)
+        if args.out is not None:
+            with open(args.out, "a") as fh:
+                fh.write(line + "\n")
 
     model, ids, what = load(args.length)
     props = torch.cuda.get_device_properties(0)
@@ -179,13 +183,13 @@ def main() -> int:
         except Exception as err:  # a capture failure
             good_replay = False
             report(f"FAIL torch.compile(mode='reduce-overhead'): {failure(err)}")
-            capture_diagnostics(model, ids, report)
+            try:
+                capture_diagnostics(model, ids, report)
+            except Exception as diag_err:  # a failed capture can leave the device unusable
+                report(f"info: the diagnostics stopped: {failure(diag_err)}")
         good &= good_replay
         ok &= good
     report("ALL PASS" if ok else "SOME CHECKS FAILED")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
     return 0 if ok else 1
 
 
