@@ -33,12 +33,16 @@ class RunMismatchError(ValueError):
     def __init__(self, run_dir: Path, differences: list[str], reason: str = ""):
         self.run_dir = run_dir
         self.differences = differences
+        self.reason = reason
         lines = [f"{run_dir}/ holds records of another run configuration; refusing to mix them with this run's."]
         if reason:
             lines.append(reason)
         lines += [f"  {d}" for d in differences]
         lines.append("Start over with --fresh (deletes this folder's records), or write elsewhere with --output-dir DIR.")
         super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # rebuilt from its fields, so that rank 0 can send it to the other ranks
+        return type(self), (self.run_dir, self.differences, self.reason)
 
 
 def file_identity(path: Path) -> dict[str, Any]:

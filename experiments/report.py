@@ -28,7 +28,7 @@ import yaml
 
 from .ablation import SPEC, AblationConfig, point_label, write_pivot
 from .config import EvalConfig
-from .runner import RECORDS, command, load_records, per_cell, summarize
+from .runner import RECORDS, command, per_cell, read_records, summarize
 
 MAIN_RUN = "fidelity_smollm2"
 HEATMAP_RUN = "attention_smollm2"
@@ -77,7 +77,7 @@ def load_runs(results: Path, *, plots: bool) -> dict[str, Run]:
             continue
         data = yaml.safe_load((path / "config.yaml").read_text())
         cfg = EvalConfig.from_dict({**data, "output_dir": str(results)})
-        records = load_records(path / RECORDS)
+        records = read_records(path)
         summary = summarize(cfg, records, plots=plots)
         ablation = None
         if (path / SPEC).exists():

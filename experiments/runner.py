@@ -4,6 +4,13 @@ Each finished sample is one JSON line appended to ``samples.jsonl`` and flushed 
 next starts. A line cut short by a kill is removed when the run resumes, and samples already
 recorded are skipped: killing the process at any point loses nothing and duplicates nothing.
 
+Under ``torchrun`` (:mod:`experiments.distributed`) rank 0 decides what is left to compute and
+every rank takes every ``world_size``-th of the samples with missing cells (all their missing
+methods); each appends to its own
+``samples.rank<r>.jsonl``, and rank 0 merges them into ``samples.jsonl`` once all are done. Every
+record file of the folder counts when a run starts, so a run killed at any world size is resumed
+at any other.
+
 A run folder is resumed only by a run of the same settings: every record carries the config
 fingerprint of :mod:`experiments.fingerprint` and the git commit that computed it; a run of other
 settings is refused with :class:`~experiments.fingerprint.RunMismatchError` (``fresh=True``, the
@@ -24,15 +31,38 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fingerprint
+from . import distributed, fingerprint
 from .config import EvalConfig, task_instances
 
 RECORDS = "samples.jsonl"
+RANK_RECORDS = "samples.rank{rank}.jsonl"  # a data-parallel rank's own file, merged into RECORDS by rank 0
 COMMAND = "command.txt"  # the command line that produced the run, written by the tools
+# Fields that say how a record was computed, not what: two records of one cell that differ only
+# there are one record computed twice.
+PROVENANCE = ("seconds", "commit")
 
 
-def load_records(path: Path) -> list[dict]:
-    """Records of ``path``; a trailing partial line (the process died while writing) is cut off."""
+class RecordConflictError(ValueError):
+    """A run folder holds two different records of one (method, task, length, sample) cell."""
+
+
+def record_key(record: dict) -> tuple:
+    return record["method"], record["task"], record["length"], record["sample"]
+
+
+def record_files(run_dir: Path) -> list[Path]:
+    """The record files of ``run_dir`` that exist: ``samples.jsonl``, then the ranks' files by rank."""
+    ranks = []
+    for path in run_dir.glob(RANK_RECORDS.format(rank="*")):
+        rank = path.name[len("samples.rank"):-len(".jsonl")]
+        if rank.isdigit():
+            ranks.append((int(rank), path))
+    main = [run_dir / RECORDS] if (run_dir / RECORDS).exists() else []
+    return main + [path for _, path in sorted(ranks)]
+
+
+def _read_lines(path: Path) -> list[dict]:
+    """The complete lines of ``path``; a trailing partial line (the process died while writing) is cut off."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -40,18 +70,62 @@ def load_records(path: Path) -> list[dict]:
     if len(complete) != len(data):
         with open(path, "r+b") as fh:
             fh.truncate(len(complete))
-    records, seen = [], set()
-    for line in complete.decode("utf-8").splitlines():
-        record = json.loads(line)
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines()]
+
+
+def _unique(sourced: list[tuple[Path, dict]], where: Path) -> list[dict]:
+    """One record per cell, in first-seen order; a second record of a cell must be the first one
+    computed again (equal but for :data:`PROVENANCE`), else :class:`RecordConflictError`."""
+    first: dict[tuple, tuple[Path, dict, str]] = {}
+    records = []
+    for path, record in sourced:
         key = record_key(record)
-        if key not in seen:
-            seen.add(key)
+        content = json.dumps({k: v for k, v in record.items() if k not in PROVENANCE}, sort_keys=True)
+        if key not in first:
+            first[key] = (path, record, content)
             records.append(record)
+        elif first[key][2] != content:
+            other_path, other, _ = first[key]
+            fields = sorted(k for k in set(record) | set(other) if k not in PROVENANCE and record.get(k) != other.get(k))
+            shown = "; ".join(f"{k}: {json.dumps(other.get(k))} vs {json.dumps(record.get(k))}" for k in fields)
+            raise RecordConflictError(
+                f"{where}: two different records of the cell method={key[0]} task={key[1]} length={key[2]} sample={key[3]} "
+                f"(in {other_path.name} and {path.name}; {shown}). Every cell is computed once, so two runs wrote into this "
+                "folder at the same time; start over with --fresh, or write elsewhere with --output-dir DIR.")
     return records
 
 
-def record_key(record: dict) -> tuple:
-    return record["method"], record["task"], record["length"], record["sample"]
+def load_records(path: Path) -> list[dict]:
+    """Records of one file ``path``, one per cell; a trailing partial line is cut off."""
+    return _unique([(path, r) for r in _read_lines(path)], path)
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """All records of a run folder: ``samples.jsonl``'s, then those only the ranks' files hold (each
+    file's partial last line cut off), one per cell; :class:`RecordConflictError` if two differ."""
+    return _unique([(path, r) for path in record_files(run_dir) for r in _read_lines(path)], run_dir)
+
+
+def merge(run_dir: Path, order: list[tuple] = ()) -> list[dict]:
+    """Append the records that only the ranks' files hold to ``samples.jsonl`` (by their cell's
+    place in ``order``, unknown cells last), delete the ranks' files, and return all records.
+
+    ``samples.jsonl``'s own lines stay as written; a kill before the ranks' files are deleted leaves
+    records that are in both, which the next read counts once."""
+    records = read_records(run_dir)
+    ranks = record_files(run_dir)[(run_dir / RECORDS).exists():]
+    if not ranks:
+        return records
+    kept = {record_key(r) for r in load_records(run_dir / RECORDS)}
+    place = {key: i for i, key in enumerate(order)}
+    new = sorted((r for r in records if record_key(r) not in kept), key=lambda r: place.get(record_key(r), len(place)))
+    with open(run_dir / RECORDS, "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in new)
+        fh.flush()
+        os.fsync(fh.fileno())
+    for path in ranks:
+        path.unlink()
+    return load_records(run_dir / RECORDS)
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -85,7 +159,7 @@ def environment(device: str, commit: str | None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or "cpu",
         "git_commit": commit,
     }
 
@@ -131,59 +205,93 @@ def load_context(cfg: EvalConfig, device: str):
 
 def clear(run_dir: Path) -> None:
     """Delete a run folder's records and what was built from them (``--fresh``); other files stay."""
-    records = load_records(run_dir / RECORDS)
+    files = record_files(run_dir)
+    records = [r for path in files for r in _read_lines(path)]  # conflicting records go too: no check
     tasks = list(dict.fromkeys(r["task"] for r in records))
     built = [f"{task}.png" for task in tasks] + [f"{task}.md" for task in tasks]  # plots, task reports
-    for name in (RECORDS, fingerprint.FINGERPRINT, "summary.csv", "table.md", "environment.json", *built):
+    for path in files:
+        path.unlink()
+    for name in (fingerprint.FINGERPRINT, "summary.csv", "table.md", "environment.json", *built):
         (run_dir / name).unlink(missing_ok=True)
-    print(f"--fresh: deleted the {len(records)} records of {run_dir}/", flush=True)
+    print(f"--fresh: deleted the {len({record_key(r) for r in records})} records of {run_dir}/", flush=True)
+
+
+def shard(todo: list[tuple], rank: int, world_size: int) -> list[tuple]:
+    """The cells of ``todo`` (``(method, task, length, sample)`` keys, in the config's order) that rank
+    ``rank`` of ``world_size`` computes: the samples with missing cells dealt out in order like cards,
+    each with all of its missing methods (they share the sample's full-attention pass). Every length
+    goes to every rank, and which rank computes a cell changes nothing in its record."""
+    by_sample = list(dict.fromkeys(cell[1:] for cell in todo))
+    mine = set(by_sample[rank::world_size])
+    return [cell for cell in todo if cell[1:] in mine]
 
 
 def run(cfg: EvalConfig, *, progress: bool = True, context=None, fresh: bool = False,
-        files: dict[str, str] | None = None) -> list[dict]:
+        files: dict[str, str] | None = None, group: distributed.Group | None = None) -> list[dict] | None:
     """Evaluate every missing cell of ``cfg``; returns all records of the run directory.
 
     Raises :class:`~experiments.fingerprint.RunMismatchError` before loading the model when the
     folder holds records of other settings; ``fresh`` deletes them first. ``files`` (name → text,
     the tools' command line) are written into the folder once it is known to take this run.
     ``context`` (a :class:`~experiments.base.ModelContext`) skips loading the model (tests).
+
+    ``group`` (a data-parallel launch, :func:`experiments.distributed.join`): rank 0 makes every
+    decision above and the others follow it (raising its error if it raised); each rank computes
+    the missing cells of every ``world_size``-th sample on its own device into its own file, and after a barrier
+    rank 0 merges the files and returns all records, the other ranks None.
     """
     import yaml
     from tqdm import tqdm
 
     run_dir = cfg.run_dir
-    records_path = run_dir / RECORDS
-    if fresh:
-        clear(run_dir)
-    device = context.device.type if context is not None else resolve_device(cfg.device)
+    device = context.device.type if context is not None else group.device if group else resolve_device(cfg.device)
     fields = fingerprint.settings(cfg, resolve_dtype(cfg.dtype, device))
-    existing = load_records(records_path)
-    fingerprint.check_resumable(run_dir, existing, fields)
-    done = {record_key(r) for r in existing}
     tasks = task_instances(cfg)
-    cells = [(t, n, i) for t in tasks.values() for n in cfg.lengths for i in range(cfg.samples)]
-    todo = [(t, n, i, m) for t, n, i in cells for m in cfg.methods if (m.label, t.name, n, i) not in done]
-    if not todo:
-        state = f"all {len(done)} records there, nothing to compute"
-    elif done:
-        state = f"resuming: {len(done)} of {len(done) + len(todo)} records there, {len(todo)} to compute"
-    else:
-        state = f"a new run of {len(todo)} records"
-    print(f"writing to {run_dir}/ ({state})", flush=True)
-    if todo:  # a folder with nothing left to compute keeps the files of the runs that computed it
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        fingerprint.save(run_dir, fields)
-        for name, text in (files or {}).items():
-            (run_dir / name).write_text(text)
+    methods = {m.label: m for m in cfg.methods}
+    cells = [(m.label, t.name, n, i) for t in tasks.values() for n in cfg.lengths for i in range(cfg.samples) for m in cfg.methods]
+    processes = f", over {group.world_size} processes" if group else ""
+
+    def decide() -> list[tuple]:
+        """What is left to compute; prepares the folder for it (rank 0 or the only process)."""
+        if fresh:
+            clear(run_dir)
+        existing = read_records(run_dir)
+        fingerprint.check_resumable(run_dir, existing, fields)
+        done = {record_key(r) for r in existing}
+        todo = [cell for cell in cells if cell not in done]
+        if not todo:
+            state = f"all {len(done)} records there, nothing to compute"
+        elif done:
+            state = f"resuming: {len(done)} of {len(done) + len(todo)} records there, {len(todo)} to compute{processes}"
+        else:
+            state = f"a new run of {len(todo)} records{processes}"
+        print(f"writing to {run_dir}/ ({state})", flush=True)
+        merge(run_dir, cells)  # the ranks' files of a killed data-parallel run, so that each rank starts its own anew
+        if todo:  # a folder with nothing left to compute keeps the files of the runs that computed it
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            fingerprint.save(run_dir, fields)
+            for name, text in (files or {}).items():
+                (run_dir / name).write_text(text)
+        return todo
+
+    todo = group.decide(decide) if group else decide()
+    rank, world = (group.rank, group.world_size) if group else (0, 1)
+    share = shard(todo, rank, world)
+    records_path = run_dir / (RANK_RECORDS.format(rank=rank) if group else RECORDS)
+    if share:
         if context is None:
-            context = load_context(cfg, device)
+            context = load_context(cfg, group.device if group else device)
         commit = git_commit()
         stamp = {"fingerprint": fingerprint.fingerprint(fields), "commit": commit}
-        (run_dir / "environment.json").write_text(json.dumps(environment(context.device.type, commit), indent=2) + "\n")
+        if rank == 0:
+            env = environment(str(context.device), commit)
+            (run_dir / "environment.json").write_text(json.dumps({**env, **({"processes": world} if group else {})}, indent=2) + "\n")
         samples: dict = {}
-        bar = tqdm(todo, desc=cfg.run_name, disable=not progress)
-        for task, length, index, method in bar:
+        desc = cfg.run_name + (f" (rank 0 of {world})" if group else "")
+        bar = tqdm(share, desc=desc, disable=not progress or rank != 0)
+        for label, task_name, length, index in bar:
+            task, method = tasks[task_name], methods[label]
             if (task.name, length) not in samples:
                 samples = {(task.name, length): task.make_samples(context, length, cfg.samples, cfg.seed)}
             bar.set_postfix_str(f"{method.label} {task.name} L={length} #{index}")
@@ -197,7 +305,10 @@ def run(cfg: EvalConfig, *, progress: bool = True, context=None, fresh: bool = F
                 "method": method.label, "task": task.name, "length": length, "sample": index, "seconds": seconds,
                 **metrics, **({} if dense is None else {"dense_calls": round(dense, 4)}), **stamp,
             })
-    return load_records(records_path)
+    if group is None:
+        return load_records(run_dir / RECORDS)
+    group.barrier()  # every rank's file is complete and on disk
+    return merge(run_dir, cells) if group.is_main else None
 
 
 def summarize(cfg: EvalConfig, records: list[dict], *, plots: bool = True):
@@ -312,17 +423,24 @@ def cli_parser(description: str, config_help: str):
 
 
 def records_for_cli(cfg: EvalConfig, args, tool: str, argv: list[str] | None,
-                    files: dict[str, str] | None = None) -> list[dict]:
+                    files: dict[str, str] | None = None) -> list[dict] | None:
     """The run's records for a tool's parsed ``args``: read back (``--summarize-only``), or run,
-    writing the command line (``tool``, then ``argv``, default ``sys.argv[1:]``) to ``command.txt``
-    and ``files`` (name → text) into the run folder once it is known to take this run."""
+    writing the command line (the launcher, ``tool``, then ``argv``, default ``sys.argv[1:]``) to
+    ``command.txt`` and ``files`` (name → text) into the run folder once it is known to take this run.
+
+    Under torchrun the processes join a group (:func:`experiments.distributed.join`) and run the
+    cells data-parallel; rank 0 returns the records and every other rank None (rank 0 alone
+    writes the tables)."""
     import shlex
     import sys
 
     if args.summarize_only:
-        return load_records(cfg.run_dir / RECORDS)
-    command_line = "python " + " ".join(map(shlex.quote, [tool, *(sys.argv[1:] if argv is None else argv)])) + "\n"
-    return run(cfg, progress=not args.no_progress, fresh=args.fresh, files={COMMAND: command_line, **(files or {})})
+        return read_records(cfg.run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    command_line = (distributed.launch_command() + " "
+                    + " ".join(map(shlex.quote, [tool, *(sys.argv[1:] if argv is None else argv)])) + "\n")
+    with distributed.join(resolve_device(cfg.device)) as group:
+        return run(cfg, progress=not args.no_progress, fresh=args.fresh, files={COMMAND: command_line, **(files or {})},
+                   group=group)
 
 
 def _plots(summary, run_dir: Path, units: dict[str, str]) -> None:

@@ -63,9 +63,11 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    # A temporary name of its own: processes that share the cache (the ranks of a data-parallel run)
+    # may fetch the same asset at once, and each must replace the file with a complete copy.
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".part", delete=False) as fh:
+        fh.write(data)
+    Path(fh.name).replace(path)
 
 
 def smollm2_gguf() -> Path:

@@ -62,3 +62,26 @@ def context():
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
     model = transformers.LlamaForCausalLM(config).eval()
     return ModelContext(model, ByteTokenizer(), torch.device("cpu"), _corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama and a word-level tokenizer saved as a local HF model directory, and a cache
+    whose Shakespeare corpus is made of the tokenizer's words (no download)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    root = tmp_path_factory.mktemp("tiny")
+    text = _corpus()
+    words = sorted(set(text.split()))
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<unk>").save_pretrained(root / "model")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    transformers.LlamaForCausalLM(config).save_pretrained(root / "model")
+    (root / "cache").mkdir()
+    (root / "cache" / "shakespeare.txt").write_text(text)
+    return root

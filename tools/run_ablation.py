@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     cfg = ablation.eval_config()
     spec = yaml.safe_dump(ablation.to_dict(), sort_keys=False)
     records = records_for_cli(cfg, args, "tools/run_ablation.py", argv, files={SPEC: spec})
+    if records is None:  # a data-parallel rank other than 0: rank 0 merges and writes the tables
+        return 0
     summary = summarize(cfg, records)
     table = write_pivot(ablation, summary, cfg.run_dir)
     print(table)

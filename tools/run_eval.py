@@ -12,6 +12,11 @@ and sparsity vs length).
 Rerunning the same config resumes: finished samples are skipped. A folder whose records were
 computed with other settings (methods, tasks, lengths, samples, seed, model or its weights, dtype)
 is refused with an error naming the differences; ``--fresh`` deletes its records and starts over.
+
+Data parallel, one process per GPU (gloo processes on CPU): ``torchrun --standalone
+--nproc-per-node N tools/run_eval.py --config ...``. Each rank computes its share of the missing
+samples into ``samples.rank<r>.jsonl``; rank 0 merges them into ``samples.jsonl`` and writes the
+tables. A run killed at one world size resumes at any other, or without torchrun.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def main(argv=None) -> int:
     if args.output_dir is not None:
         cfg = EvalConfig.from_dict({**cfg.to_dict(), "output_dir": args.output_dir})
     records = records_for_cli(cfg, args, "tools/run_eval.py", argv)
+    if records is None:  # a data-parallel rank other than 0: rank 0 merges and writes the tables
+        return 0
     summary = summarize(cfg, records)
     print((cfg.run_dir / "table.md").read_text())
     print(f"records, summary and plots in {cfg.run_dir}/")
