@@ -60,7 +60,7 @@ def one_device(model_dir):
 
 
 def _torchrun(tp: int, model_dir: Path, out: Path) -> list[dict]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # gloo on the CPU, also on a GPU machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp), str(WORKER),
            str(model_dir), str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
