@@ -87,7 +87,7 @@ def capture_diagnostics(model, ids, report) -> None:
     from rrattention.integrations import _calls
 
     state = _calls.module_state(attn)
-    op = lambda q, k, v: torch.ops.rrattention.attention(q, k, v, None, state.config_json, 3, dim**-0.5, "")  # noqa: E731
+    op = lambda q, k, v: torch.ops.rrattention.attention(q, k, v, None, state.config_json, 3, dim**-0.5, "", 0)  # noqa: E731
     try:
         want = op(q, k, v)
         graphed_op = torch.compile(op, mode="reduce-overhead", fullgraph=True)

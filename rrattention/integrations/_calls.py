@@ -32,7 +32,11 @@ class CallRecord:
     ``sparsity`` follows spec §6 over the call's (sequence, head, query block) grid;
     ``sparsity_per_head`` is fp32 ``[B, Hq]`` on the CPU. ``timings_ms`` is filled when the
     collector was asked for timings. ``causal`` is False for an encoder's call (a VLM's vision
-    tower), which always runs dense and is left out of the prefill statistics.
+    tower), which always runs dense and is left out of the prefill statistics. ``head_start`` is
+    the global index of the call's query head 0 (a tensor-parallel rank's first head; 0 without
+    tensor parallelism). ``block_mask`` (when the collector was asked for masks) is the bool
+    ``[B, Hq, nbq, nbk]`` grid of computed blocks on the CPU (``RRStats.block_mask``: padded to
+    the longest sequence for a padded batch; a dense call reports its causally visible blocks).
     """
 
     layer: int | None
@@ -45,6 +49,8 @@ class CallRecord:
     backends: dict
     timings_ms: dict = field(default_factory=dict)
     causal: bool = True
+    head_start: int = 0
+    block_mask: torch.Tensor | None = None
 
     @property
     def is_dense(self) -> bool:
@@ -57,6 +63,7 @@ class StatsCollector:
     """Records of the attention calls made while it is active (see ``collect_stats``)."""
 
     timing: bool = False
+    block_masks: bool = False
     records: list[CallRecord] = field(default_factory=list)
 
     def prefill_records(self) -> list[CallRecord]:
@@ -115,12 +122,14 @@ class PlanCache:
 @dataclass
 class ModelState:
     """A model's method settings, forced backend, active collector and plan cache, shared by its
-    attention layers."""
+    attention layers; ``tensor_parallel`` is ``(rank, size)`` of the mesh its layers are sharded on,
+    when the hook has read it (None: not read yet)."""
 
     cfg: AttentionConfig
     backend: str | None = None
     collector: StatsCollector | None = None
     plans: PlanCache = field(default_factory=PlanCache)
+    tensor_parallel: tuple[int, int] | None = None
 
     config_json: str = field(init=False)  # cfg as the custom op's argument, made before any compiled call reads it
 
@@ -143,10 +152,12 @@ def method_config(cfg: AttentionConfig | None, method: str | None, backend: str 
     return cfg
 
 
-def attach(modules: Sequence, cfg: AttentionConfig, backend: str | None) -> ModelState:
+def attach(modules: Sequence, cfg: AttentionConfig, backend: str | None,
+           tensor_parallel: tuple[int, int] | None = None) -> ModelState:
     """One state for all of a model's attention layers; an active collector carries over."""
     previous = getattr(modules[0], STATE_ATTR, None)
-    state = ModelState(cfg, backend, previous.collector if previous is not None else None)
+    state = ModelState(cfg, backend, previous.collector if previous is not None else None,
+                       tensor_parallel=tensor_parallel)
     for module in modules:
         setattr(module, STATE_ATTR, state)
     return state
@@ -159,14 +170,14 @@ def module_state(module) -> ModelState:
 
 
 @contextlib.contextmanager
-def collecting(modules: Sequence, configure_default: Callable[[], object], timing: bool):
+def collecting(modules: Sequence, configure_default: Callable[[], object], timing: bool, block_masks: bool = False):
     """Make a :class:`StatsCollector` the model's active one for the ``with`` block (configuring the
     model with the defaults first if it is not configured)."""
     state = getattr(modules[0], STATE_ATTR, None) if modules else None
     if state is None:
         configure_default()
         state = getattr(modules[0], STATE_ATTR)
-    collector = StatsCollector(timing=timing)
+    collector = StatsCollector(timing=timing, block_masks=block_masks)
     previous, state.collector = state.collector, collector
     try:
         yield collector
@@ -210,9 +221,10 @@ NON_CAUSAL = MaskedDense("non-causal attention (encoder)")
 
 
 def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
-          allowed: Callable[[], torch.Tensor | None], scaling: float | None, timing: bool):
+          allowed: Callable[[], torch.Tensor | None], scaling: float | None, timing: bool, head_start: int):
     """The call's plan: from the cache, or built (validating the shapes once, reading a mask once)."""
-    layout = (None if mask is None else id(mask), query.shape, key.shape, query.dtype, query.device, scaling, timing)
+    layout = (None if mask is None else id(mask), query.shape, key.shape, query.dtype, query.device, scaling, timing,
+              head_start)
 
     def build():
         batch, q_heads, q_len, head_dim = query.shape
@@ -220,7 +232,7 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
         check_qkv(query, key)
         scale = check_scale(scaling, head_dim)
         dims = dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=query.dtype, device=query.device,
-                    scale=scale, backend=state.backend, time_stages=timing)
+                    scale=scale, backend=state.backend, time_stages=timing, head_start=head_start)
         may_attend = allowed() if mask is not None else None
         if may_attend is None:
             return AttentionPlan(state.cfg, batch=batch, q_len=q_len, k_len=k_len, **dims)
@@ -232,7 +244,8 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
 
 def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    mask: Any, allowed: Callable[[], torch.Tensor | None], scaling: float | None,
-                   dense: Callable[[], torch.Tensor], dense_name: str, causal: bool = True) -> torch.Tensor:
+                   dense: Callable[[], torch.Tensor], dense_name: str, causal: bool = True,
+                   head_start: int = 0) -> torch.Tensor:
     """One call: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]`` (GQA not repeated) →
     ``[B, Lq, Hq, D]``.
 
@@ -245,12 +258,15 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a dense call without a
     mask and with ``1 < Lq < Lk``, which frameworks do not make, runs the library's bottom-right
     causal SDPA instead). ``causal=False`` (an encoder's bidirectional call) always runs
-    ``dense()``. Appends a :class:`CallRecord` when a collector is active.
+    ``dense()``. ``head_start`` is the global index of query head 0 (a tensor-parallel rank's
+    first head): spec §2's offsets use global head indices. Appends a :class:`CallRecord` when a
+    collector is active.
     """
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
     collect = state.collector is not None
-    plan = _plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing) if causal else NON_CAUSAL
+    plan = (_plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing, head_start)
+            if causal else NON_CAUSAL)
     if isinstance(plan, MaskedDense):
         reason = plan.reason
     elif isinstance(plan, PaddingPlan):
@@ -286,6 +302,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         state.collector.records.append(CallRecord(
             layer=layer, q_len=q_len, k_len=k_len, batch=batch, sparsity=stats.sparsity,
             sparsity_per_head=per_head, dense_reasons=stats.dense_reasons,
-            backends=dict(stats.backends), timings_ms=dict(stats.timings_ms), causal=causal,
+            backends=dict(stats.backends), timings_ms=dict(stats.timings_ms), causal=causal, head_start=head_start,
+            block_mask=stats.block_mask.cpu() if state.collector.block_masks else None,
         ))
     return out

@@ -24,6 +24,11 @@ Vision-language models send their vision encoder's attention through the same na
 CLIP, InternVL, SmolVLM): every non-causal call runs transformers' SDPA exactly, with its mask, and
 is recorded dense (``CallRecord.causal`` False), so only the language model's causal prefill goes
 sparse.
+
+Under transformers' tensor parallelism (``from_pretrained(..., tp_plan="auto")`` in every process
+of ``torchrun``) each rank's calls hold a column-wise slice of the heads; the hook reads the rank
+from the TP mesh of the layer's DTensor parameters and samples with global head indices
+(:mod:`rrattention.integrations.tensor_parallel`), so the ranks select exactly one device's blocks.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ from . import custom_op  # noqa: F401  (registers torch.ops.rrattention.attentio
 from .._checks import check_scale
 from ..config import AttentionConfig
 from ._calls import CallRecord, StatsCollector, allowed_mask, attach, attention_call, collecting, method_config, module_state
+from .tensor_parallel import NOT_SHARDED, HeadShard, head_shard, replicated_kv_reason
 
 ATTN_IMPLEMENTATION = "rrattention"
 __all__ = ["ATTN_IMPLEMENTATION", "CallRecord", "StatsCollector", "attention_forward", "attention_modules", "collect_stats",
-           "configure", "encoder_attention_modules", "register"]
+           "configure", "encoder_attention_modules", "register", "tensor_parallel_rank"]
 
 
 def register() -> None:
@@ -105,16 +111,69 @@ def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, met
             f"model ({type(model).__name__}) has no attention module with `layer_idx` and `num_key_value_groups`; "
             "rrattention needs a transformers model that uses AttentionInterface"
         )
-    attach(modules + encoder_attention_modules(model), cfg, backend)  # one state: encoder calls are recorded too
+    # one state: encoder calls are recorded too
+    attach(modules + encoder_attention_modules(model), cfg, backend, tensor_parallel_rank(modules[0]))
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     return model
 
 
-def collect_stats(model: torch.nn.Module, *, timing: bool = False):
+def collect_stats(model: torch.nn.Module, *, timing: bool = False, block_masks: bool = False):
     """Collect a :class:`CallRecord` per attention call inside the ``with`` block.
 
-    ``timing=True`` also times the estimate / select / attention stages (synchronising the GPU)."""
-    return collecting(attention_modules(model), lambda: configure(model), timing)
+    ``timing=True`` also times the estimate / select / attention stages (synchronising the GPU);
+    ``block_masks=True`` keeps each call's block mask (``CallRecord.block_mask``, on the CPU)."""
+    return collecting(attention_modules(model), lambda: configure(model), timing, block_masks)
+
+
+def tensor_parallel_rank(module: torch.nn.Module) -> tuple[int, int]:
+    """``(rank, size)`` in the tensor-parallel mesh that the module's parameters are sharded on, ``(0, 1)`` without.
+
+    transformers' ``tp_plan`` makes the sharded parameters DTensors on its ``"tp"`` mesh (one
+    dimension); a multi-dimensional mesh counts only its ``"tp"`` dimension.
+    """
+    if not torch.distributed.is_available():
+        return 0, 1
+    from torch.distributed.tensor import DTensor
+
+    for param in module.parameters():
+        if isinstance(param, DTensor):
+            mesh = param.device_mesh
+            names = tuple(mesh.mesh_dim_names or ())
+            if "tp" in names:
+                dim = names.index("tp")
+            elif mesh.ndim == 1 and not names:
+                dim = 0
+            else:  # a mesh without a tensor-parallel dimension (FSDP alone): heads are not split
+                continue
+            return mesh.get_local_rank(dim), mesh.size(dim)
+    return 0, 1
+
+
+def _model_heads(module, layer: int | None) -> tuple[int, int]:
+    """The model's query and KV heads in this layer, from the module's config."""
+    config = getattr(module, "config", None)
+    q_heads = getattr(config, "num_attention_heads", None)
+    if q_heads is None:
+        raise ValueError(f"rrattention under tensor parallelism needs the model's head count "
+                         f"({type(module).__name__}.config.num_attention_heads) to place the rank's heads")
+    kv_heads = getattr(config, "num_key_value_heads", None) or q_heads
+    pick = lambda n: n[layer or 0] if isinstance(n, (list, tuple)) else n  # noqa: E731  (per-layer head counts)
+    return pick(q_heads), pick(kv_heads)
+
+
+def _head_shard(module, state, layer: int | None, q_heads: int, kv_heads: int) -> HeadShard:
+    """The call's heads within the model's (spec §2 offsets use the global head index)."""
+    rank, size = state.tensor_parallel or tensor_parallel_rank(module)
+    if size == 1:
+        return NOT_SHARDED
+    total_q, total_kv = _model_heads(module, layer)
+    shard = head_shard(rank=rank, size=size, local_q_heads=q_heads, local_kv_heads=kv_heads, total_q_heads=total_q,
+                       total_kv_heads=total_kv)
+    if shard.kv_replicated:
+        reason = replicated_kv_reason([getattr(state.cfg.layer_config(layer), "head_shift", None)], size, total_kv)
+        if reason is not None:
+            raise ValueError(f"rrattention ({type(module).__name__}, layer {layer}): {reason}")
+    return shard
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -129,20 +188,22 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     # the call's own flag first (as transformers' SDPA reads it): vision encoders pass is_causal=False
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
+    # an encoder's call runs dense: its heads' place in the model does not matter
+    head_start = _head_shard(module, state, layer, query.shape[1], key.shape[1]).head_start if causal else 0
     if not torch.compiler.is_compiling():
-        return _eager_forward(module, state, layer, causal, query, key, value, attention_mask, scaling, dropout,
-                              **kwargs), None
+        return _eager_forward(module, state, layer, causal, head_start, query, key, value, attention_mask, scaling,
+                              dropout, **kwargs), None
     if state.collector is None and not causal:
         return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs), None
     if state.collector is None:
         # One opaque node of the compiled graph (integrations/custom_op.py): no graph break.
         out = torch.ops.rrattention.attention(query, key, value, attention_mask, state.config_json,
                                               -1 if layer is None else layer, check_scale(scaling, query.shape[-1]),
-                                              state.backend or "")
+                                              state.backend or "", head_start)
         return out, None
     # Statistics are read on the host: a compiled graph that collects them breaks here.
-    return torch.compiler.disable(_eager_forward)(module, state, layer, causal, query, key, value, attention_mask,
-                                                  scaling, dropout, **kwargs), None
+    return torch.compiler.disable(_eager_forward)(module, state, layer, causal, head_start, query, key, value,
+                                                  attention_mask, scaling, dropout, **kwargs), None
 
 
 def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
@@ -150,12 +211,13 @@ def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
 
-def _eager_forward(module, state, layer, causal, query, key, value, attention_mask, scaling, dropout, **kwargs):
+def _eager_forward(module, state, layer, causal, head_start, query, key, value, attention_mask, scaling, dropout,
+                   **kwargs):
     def dense():
         return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
     out = attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask), scaling,
-                         dense, "sdpa", causal=causal)
+                         dense, "sdpa", causal=causal, head_start=head_start)
     return out.contiguous()
 
 

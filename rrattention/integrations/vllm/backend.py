@@ -37,6 +37,7 @@ from vllm.v1.attention.backends.flash_attn import (
 )
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
+from ..tensor_parallel import rank_head_start, replicated_kv_reason
 from .paged import PagedRows, call_record
 from .settings import VllmSettings
 
@@ -127,13 +128,11 @@ class RRImplMixin:
         self.rr_settings = VllmSettings.from_additional_config(vllm_config.additional_config)
         self.rr_tp_rank = get_tensor_model_parallel_rank()
         # Spec §2: rank p of tp holds global query heads [p·H_local, (p+1)·H_local).
-        self.rr_head_start = self.rr_tp_rank * num_heads
-        tp = get_tensor_model_parallel_world_size()
-        total_kv_heads = vllm_config.model_config.get_total_num_kv_heads()
-        if tp > total_kv_heads and "group_round_robin" in self.rr_settings.head_shifts():
-            raise NotImplementedError(
-                f"{NAME}: head_shift='group_round_robin' needs the model's KV groups on each rank, but "
-                f"tensor_parallel_size={tp} > {total_kv_heads} KV heads replicates them; use round_robin")
+        self.rr_head_start = rank_head_start(self.rr_tp_rank, num_heads)
+        reason = replicated_kv_reason(self.rr_settings.head_shifts(), get_tensor_model_parallel_world_size(),
+                                      vllm_config.model_config.get_total_num_kv_heads())
+        if reason is not None:
+            raise NotImplementedError(f"{NAME}: {reason}")
         self.rr_layer: int | None = None
         self.rr_layer_name: str | None = None
 
