@@ -44,6 +44,31 @@ from rrattention.kernels.block_sparse_attention import block_sparse_attention as
 from rrattention.kernels.flex_attention import block_sparse_attention as flex_sparse  # noqa: E402
 
 TOL = 1e-5
+C = rr.RRConfig
+# (name, B, Hq, Hkv, Lq, Lk, D, dtype, cfg); tools/compare_estimator_precision.py uses the same inputs
+CASES = [
+    ("MHA 1000 D64 bf16", 1, 8, 8, 1000, 1000, 64, torch.bfloat16, C(tau=0.9)),
+    ("GQA4 B2 4093 D128 bf16", 2, 16, 4, 4093, 4093, 128, torch.bfloat16, C(tau=0.95)),
+    ("GQA7 8191 D128 fp16 forced_first", 1, 28, 4, 8191, 8191, 128, torch.float16, C(tau=0.9, selector="forced_first")),
+    ("GQA4 chunked 3000/9001 D64 bf16", 1, 8, 2, 3000, 9001, 64, torch.bfloat16, C(tau=0.9)),
+    ("GQA4 5000 Bk64 S4 fp16 random", 1, 4, 1, 5000, 5000, 64, torch.float16, C(stride=4, block_size=64, head_shift="random")),
+    ("GQA4 6007 exact_stride group_rr bf16", 1, 8, 2, 6007, 6007, 128, torch.bfloat16,
+     C(exact_stride_causal=True, head_shift="group_round_robin", tau=0.8)),
+    # SmolLM2's shape (9 query / 3 KV heads, D=64): every head-shift policy compiles and matches
+    *((f"GQA3 8192 D64 bf16 {p}", 1, 9, 3, 8192, 8192, 64, torch.bfloat16, C(head_shift=p, tau=0.9, seed=7))
+      for p in rr.HEAD_SHIFTS),
+    ("GQA4 16384 D128 bf16", 1, 32, 8, 16384, 16384, 128, torch.bfloat16, C()),
+    ("GQA4 32768 D128 bf16", 1, 32, 8, 32768, 32768, 128, torch.bfloat16, C(tau=0.9)),
+]
+
+
+def check_inputs(b, hq, hkv, lq, lk, d, dtype, seed):
+    """q, k, v of a case: keys with a few strong directions, as in real models, so attention is far from uniform."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(b, hq, lq, d, device="cuda", generator=g) * 2
+    k = torch.randn(b, hkv, lk, d, device="cuda", generator=g) + 3 * torch.randn(1, hkv, 1, d, device="cuda", generator=g)
+    v = torch.randn(b, hkv, lk, d, device="cuda", generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -237,22 +262,7 @@ def main() -> int:
     props = torch.cuda.get_device_properties(0)
     report(f"gpu_check on {props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
            f"command: python tools/gpu_check.py {' '.join(sys.argv[1:])}")
-    # (name, B, Hq, Hkv, Lq, Lk, D, dtype, cfg)
-    C = rr.RRConfig
-    cases = [
-        ("MHA 1000 D64 bf16", 1, 8, 8, 1000, 1000, 64, torch.bfloat16, C(tau=0.9)),
-        ("GQA4 B2 4093 D128 bf16", 2, 16, 4, 4093, 4093, 128, torch.bfloat16, C(tau=0.95)),
-        ("GQA7 8191 D128 fp16 forced_first", 1, 28, 4, 8191, 8191, 128, torch.float16, C(tau=0.9, selector="forced_first")),
-        ("GQA4 chunked 3000/9001 D64 bf16", 1, 8, 2, 3000, 9001, 64, torch.bfloat16, C(tau=0.9)),
-        ("GQA4 5000 Bk64 S4 fp16 random", 1, 4, 1, 5000, 5000, 64, torch.float16, C(stride=4, block_size=64, head_shift="random")),
-        ("GQA4 6007 exact_stride group_rr bf16", 1, 8, 2, 6007, 6007, 128, torch.bfloat16,
-         C(exact_stride_causal=True, head_shift="group_round_robin", tau=0.8)),
-        # SmolLM2's shape (9 query / 3 KV heads, D=64): every head-shift policy compiles and matches
-        *((f"GQA3 8192 D64 bf16 {p}", 1, 9, 3, 8192, 8192, 64, torch.bfloat16, C(head_shift=p, tau=0.9, seed=7))
-          for p in rr.HEAD_SHIFTS),
-        ("GQA4 16384 D128 bf16", 1, 32, 8, 16384, 16384, 128, torch.bfloat16, C()),
-        ("GQA4 32768 D128 bf16", 1, 32, 8, 32768, 32768, 128, torch.bfloat16, C(tau=0.9)),
-    ]
+    cases = CASES
     if args.small:
         cases = [
             ("small GQA4 700 D64 bf16", 1, 4, 1, 700, 700, 64, torch.bfloat16, C(block_size=64, tau=0.9)),
@@ -262,12 +272,8 @@ def main() -> int:
     wanted = lambda name: not args.only or any(part in name for part in args.only.split(","))  # noqa: E731
     cases = [c for c in cases if wanted(c[0])]
     for name, b, hq, hkv, lq, lk, d, dtype, cfg in cases:
-        g = torch.Generator(device="cuda").manual_seed(lq * 31 + hq)
-        # keys with a few strong directions, as in real models, so attention is far from uniform
-        q = torch.randn(b, hq, lq, d, device="cuda", generator=g) * 2
-        k = torch.randn(b, hkv, lk, d, device="cuda", generator=g) + 3 * torch.randn(1, hkv, 1, d, device="cuda", generator=g)
-        v = torch.randn(b, hkv, lk, d, device="cuda", generator=g)
-        ok &= check_case(name, q.to(dtype), k.to(dtype), v.to(dtype), cfg, report, flex=not args.skip_flex)
+        q, k, v = check_inputs(b, hq, hkv, lq, lk, d, dtype, seed=lq * 31 + hq)
+        ok &= check_case(name, q, k, v, cfg, report, flex=not args.skip_flex)
     for name, b, hq, hkv, lk, d, dtype in [("decode GQA3 B2 8192 D64 bf16", 2, 9, 3, 8192, 64, torch.bfloat16),
                                            ("decode MHA 5000 D128 fp16", 1, 8, 8, 5000, 128, torch.float16),
                                            ("decode GQA7 32768 D128 bf16", 1, 28, 4, 32768, 128, torch.bfloat16)][: 1 if args.small else None]:

@@ -200,3 +200,17 @@ class Backend:
         """``(out, lse)``: out like ``q`` (written into ``out`` when given: any strides with a unit
         last one), fp32 lse ``[B, Hq, Lq]`` (packed: ``[Hq, Tq]``), natural log."""
         raise NotImplementedError(f"backend {self.name!r} does not implement attend")
+
+
+class KernelBackend(Backend):
+    """A backend that launches the project's Triton kernels: its plan instance (:meth:`bind`)
+    caches their compiled launches (``rrattention.kernels._launch``); the shared instance uses
+    Triton's own launch path."""
+
+    def __init__(self, launches=None):
+        self.launches = launches
+
+    def bind(self) -> "KernelBackend":
+        from ..kernels._launch import Launches
+
+        return type(self)(Launches())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, Packed, Problem, Selection, causal_flops
+from .base import KernelBackend, Packed, Problem, Selection, causal_flops
 
 # Below this much dense attention work per call FA4's host launch cost (a few hundred microseconds of
 # Python per call on the H200's host) outweighs its faster kernel: SmolLM2's prefill (9 query heads,
@@ -34,7 +34,7 @@ def architecture_reasons(capability: tuple[int, int]) -> list[str]:
     return [f"SM{capability[0]}{capability[1]}: FA4's block-sparse forward is verified here on SM90 only"]
 
 
-class FA4Backend(Backend):
+class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
     name = "fa4"
     description = "FlashAttention-4 block-sparse forward (flash-attn-4, SM90; attention stage only)"
     stages = frozenset({"attention"})
@@ -44,14 +44,6 @@ class FA4Backend(Backend):
     varlen = False  # FA4's varlen block-sparse layout (cu_total_m_blocks) is not wired here
     requires = ("flash_attn.cute", "cutlass")
     head_dims = frozenset({64, 128})  # SM90 tiles of 192 and 256 do not match 128-token KV blocks
-
-    def __init__(self, launches=None):
-        self.launches = launches
-
-    def bind(self) -> "FA4Backend":
-        from ..kernels._launch import Launches
-
-        return FA4Backend(Launches())
 
     def limits(self, stage: str, problem: Problem) -> list[str]:
         reasons = []

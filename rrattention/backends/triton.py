@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, EstimatorSettings, Packed, Problem, STAGES, Selection, SelectionSettings
+from .base import EstimatorSettings, KernelBackend, Packed, Problem, STAGES, Selection, SelectionSettings
 
 
 def _packed_args(packed: Packed | None) -> dict:
@@ -14,7 +14,7 @@ def _packed_args(packed: Packed | None) -> dict:
     return dict(cu_seqlens_q=packed.cu_seqlens_q, cu_seqlens_k=packed.cu_seqlens_k)
 
 
-class TritonBackend(Backend):
+class TritonBackend(KernelBackend):
     name = "triton"
     description = "fused Triton kernels: estimator, on-device Top-τ selection, block-sparse FlashAttention"
     stages = frozenset(STAGES)
@@ -22,14 +22,6 @@ class TritonBackend(Backend):
     max_head_dim = 256
     block_sizes = frozenset({64, 128})
     requires = ("triton",)
-
-    def __init__(self, launches=None):
-        self.launches = launches  # a plan's kernels._launch.Launches; None: Triton's own launch path
-
-    def bind(self) -> "TritonBackend":
-        from ..kernels._launch import Launches
-
-        return TritonBackend(Launches())
 
     def limits(self, stage: str, problem: Problem) -> list[str]:
         if stage != "estimate" or problem.group is None or problem.stride is None:

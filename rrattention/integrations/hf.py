@@ -201,9 +201,8 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
                                               -1 if layer is None else layer, check_scale(scaling, query.shape[-1]),
                                               state.backend or "", head_start)
         return out, None
-    # Statistics are read on the host: a compiled graph that collects them breaks here.
-    return torch.compiler.disable(_eager_forward)(module, state, layer, causal, head_start, query, key, value,
-                                                  attention_mask, scaling, dropout, **kwargs), None
+    return _eager_forward_outside_graph(module, state, layer, causal, head_start, query, key, value, attention_mask,
+                                        scaling, dropout, **kwargs), None
 
 
 def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
@@ -219,6 +218,10 @@ def _eager_forward(module, state, layer, causal, head_start, query, key, value, 
     out = attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask), scaling,
                          dense, "sdpa", causal=causal, head_start=head_start)
     return out.contiguous()
+
+
+# Statistics are read on the host: a compiled graph that collects them breaks here and runs this eagerly.
+_eager_forward_outside_graph = torch.compiler.disable(_eager_forward)
 
 
 register()

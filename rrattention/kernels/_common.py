@@ -36,6 +36,11 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+def block_row_tile(n_kblocks: int) -> dict:
+    """``BLOCK_K`` and warps of a kernel whose program holds one whole row of key blocks (selection, FA4 lists)."""
+    return dict(BLOCK_K=max(16, next_pow2(n_kblocks)), num_warps=4 if n_kblocks <= 512 else 8)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get true fp32 products (no TF32): kernels must reproduce the fp32 reference."""
     return "ieee" if dtype == torch.float32 else "tf32"

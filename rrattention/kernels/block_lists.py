@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2
+from ._common import block_row_tile
 from ._launch import Launches, launch
 
 
@@ -69,4 +69,4 @@ def block_lists(block_mask: torch.Tensor, *, q_len: int, k_len: int, block_size:
 
 @functools.lru_cache(maxsize=64)
 def _constexprs(block_size: int, n_kblocks: int) -> dict:
-    return dict(BLOCK_SIZE=block_size, BLOCK_K=max(16, next_pow2(n_kblocks)), num_warps=4 if n_kblocks <= 512 else 8)
+    return dict(BLOCK_SIZE=block_size, **block_row_tile(n_kblocks))

@@ -272,12 +272,12 @@ def estimate_block_scores(
     varlen = cu_seqlens_q is not None
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
+    overrides = {"SPLITS": 1, **(config or {})} if precision == "fast" else (config or {})
     geo = _estimate_geometry(
         q.shape, q.stride(), k.shape, k.stride(), q.dtype, cu_seqlens_q.numel() - 1 if varlen else None,
         max_seqlen_q, max_seqlen_k, stride, block_size, head_shift, scale,
         random_layer_hash(seed, layer) if head_shift == "random" else 0, head_start, exact_stride_causal, antidiagonal,
-        tuple(sorted({"SPLITS": 1, **(config or {})}.items()) if precision == "fast" else
-              sorted(config.items()) if config else ()),
+        tuple(sorted(overrides.items())),
     )
     if antidiagonal:  # keys are read token by token: no stride means
         means = (k.new_empty(1, 1, 1, 1),) * 3

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2, sequence_bounds
+from ._common import block_row_tile, sequence_bounds
 from ._launch import Launches, launch
 
 
@@ -131,7 +131,7 @@ def _select_geometry(shape, score_stride, varlen, q_len, k_len, block_size, tau,
     count_strides = (heads * n_qblocks, n_qblocks, 1)
     scalars = (*score_stride[:3], *grid_strides, *count_strides, *grid_strides, 0 if varlen else q_len,
                0 if varlen else k_len, n_kblocks, 1.0 - tau, min_sparse_len, int(single_query_dense))
-    constexprs = dict(BLOCK_SIZE=block_size, BLOCK_K=max(16, next_pow2(n_kblocks)), FORCED_FIRST=selector == "forced_first",
-                      FORCE_SINK=force_sink, FORCE_DIAGONAL=force_diagonal, DENSE_LAST=dense_last_query_block,
-                      VARLEN=varlen, num_warps=4 if n_kblocks <= 512 else 8)
+    constexprs = dict(BLOCK_SIZE=block_size, FORCED_FIRST=selector == "forced_first", FORCE_SINK=force_sink,
+                      FORCE_DIAGONAL=force_diagonal, DENSE_LAST=dense_last_query_block, VARLEN=varlen,
+                      **block_row_tile(n_kblocks))
     return (n_qblocks, heads, batch), scalars, constexprs
