@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 
 from . import backends, methods, policy, reference
 from .backends import Packed, Problem, Selection, StageBackends
 from .config import AttentionConfig
+from .graphs import CallGraphs
 from .methods.base import Method
 from .stats import RRStats, packed_stats, padded_stats
 from .timing import StageTimer, stage
@@ -43,6 +44,7 @@ class LayerPlan:
     ops: StageBackends | None  # None: dense, or a packed batch planned per sequence
     prepared: Any  # the method's settings (Method.prepare)
     backends: dict  # what ran each stage, as the statistics report it
+    graph_key: Hashable | None = None  # what the layer's sparse call launches; equal keys share a CUDA graph
 
 
 @dataclass
@@ -74,14 +76,20 @@ class AttentionPlan:
             shared backends and Triton's own launch path (for comparisons).
         head_start: the global index of the calls' query head 0, when they hold a slice of the
             model's heads (tensor parallelism: ``rank · q_heads``); spec §2's offsets use it.
+        cuda_graphs: replay the sparse calls as CUDA graphs (:mod:`rrattention.graphs`): a layout's
+            first call runs eagerly, the second is captured, later calls (in any layer with the same
+            settings) copy their inputs in and replay. Costs a static copy of one call's inputs,
+            output and temporaries for the plan's life; for host-bound forward passes.
     """
 
     def __init__(self, cfg: AttentionConfig, *, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, scale: float, batch: int | None = None, q_len: int | None = None,
                  k_len: int | None = None, packed: Packed | None = None, backend: str | None = None,
-                 time_stages: bool = False, bind_backends: bool = True, head_start: int = 0):
+                 time_stages: bool = False, bind_backends: bool = True, head_start: int = 0,
+                 cuda_graphs: bool = False):
         self.cfg, self.scale, self.backend, self.time_stages = cfg, scale, backend, time_stages
-        self.head_start = head_start
+        self.head_start, self.cuda_graphs = head_start, cuda_graphs
+        self.graphs = CallGraphs() if cuda_graphs and device.type == "cuda" and not time_stages else None
         self.q_heads, self.kv_heads, self.head_dim, self.dtype, self.device = q_heads, kv_heads, head_dim, dtype, device
         self.batch, self.q_len, self.k_len, self.packed = batch, q_len, k_len, packed
         self._layers: dict[int | None, LayerPlan] = {}
@@ -112,13 +120,20 @@ class AttentionPlan:
                 return LayerPlan(cfg, layer, method, reason, None, None, DENSE_BACKENDS)
             ops = self._bind(backends.choose_all(self.problem(cfg), self.backend))
             prepared = method.prepare(cfg, layer, self.scale, head_start=self.head_start)
-            return LayerPlan(cfg, layer, method, None, ops, prepared, _backend_names(method, ops))
+            return self._sparse_layer(cfg, layer, method, ops, prepared)
         ops = self._packed_ops(cfg, method)
         if ops is None:
             return LayerPlan(cfg, layer, method, None, None, None, {})
         threshold = policy.dense_layer_threshold(cfg, layer, self.head_dim, self.q_heads, self.kv_heads)
         prepared = method.prepare(cfg, layer, self.scale, threshold, head_start=self.head_start)
-        return LayerPlan(cfg, layer, method, None, ops, prepared, _backend_names(method, ops))
+        return self._sparse_layer(cfg, layer, method, ops, prepared)
+
+    @staticmethod
+    def _sparse_layer(cfg: AttentionConfig, layer, method: Method, ops: StageBackends, prepared) -> LayerPlan:
+        names = _backend_names(method, ops)
+        launches = method.graph_key(prepared)
+        graph_key = None if launches is None else (method.name, launches, cfg.block_size, tuple(names.values()))
+        return LayerPlan(cfg, layer, method, None, ops, prepared, names, graph_key)
 
     def _packed_ops(self, cfg: AttentionConfig, method: Method) -> StageBackends | None:
         """Backends that run the whole packed batch in one launch per stage, or None (per sequence)."""
@@ -146,7 +161,8 @@ class AttentionPlan:
                 AttentionPlan(self.cfg, q_heads=self.q_heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
                               dtype=self.dtype, device=self.device, scale=self.scale, batch=1, q_len=qb - qa,
                               k_len=kb - ka, backend=self.backend, time_stages=self.time_stages,
-                              bind_backends=self._bound is not None, head_start=self.head_start)
+                              bind_backends=self._bound is not None, head_start=self.head_start,
+                              cuda_graphs=self.cuda_graphs)
                 for qa, qb, ka, kb in self.packed.host_spans()
             ]
             for sub in self._sequences:  # the sequences share the plan's backends (and their cached launches)
@@ -168,12 +184,18 @@ class AttentionPlan:
             with stage(timer, "attention"):
                 result = reference.dense_causal_attention(q, k, v, scale=self.scale)
                 out = result if out is None else out.copy_(result)
+        elif self.graphs is not None and planned.graph_key is not None:
+            out, selection = self.graphs.run(planned.graph_key, lambda *a: self._sparse(planned, *a), q, k, v, out)
         else:
-            selection = planned.method.select(planned.ops, q, k, planned.prepared, self.packed, timer)
-            with stage(timer, "attention"):
-                out, _ = planned.ops.attention.attend(q, k, v, selection, block_size=planned.cfg.block_size,
-                                                      scale=self.scale, packed=self.packed, out=out)
+            out, selection = self._sparse(planned, q, k, v, out, timer)
         return PlanRun(out, planned, selection, timer.milliseconds() if timer else {})
+
+    def _sparse(self, planned: LayerPlan, q, k, v, out, timer: StageTimer | None = None) -> tuple[torch.Tensor, Selection]:
+        selection = planned.method.select(planned.ops, q, k, planned.prepared, self.packed, timer)
+        with stage(timer, "attention"):
+            out, _ = planned.ops.attention.attend(q, k, v, selection, block_size=planned.cfg.block_size,
+                                                  scale=self.scale, packed=self.packed, out=out)
+        return out, selection
 
     def _run_per_sequence(self, q, k, v, planned: LayerPlan, out) -> PlanRun:
         out = torch.empty_like(q) if out is None else out
@@ -218,8 +240,8 @@ def _backend_names(method: Method, ops: StageBackends) -> dict[str, str]:
 class PaddingPlan:
     """A padded batch with key padding: ``query_valid`` bool ``[B, Lq]``, ``key_valid`` ``[B, Lk]``
     (bottom-right causal among the valid tokens). The valid tokens of the rows that have queries are
-    packed through a packed :class:`AttentionPlan`, so padding never influences a selection or an
-    output; padding queries output zeros. The gather and scatter indices and the packed offsets are
+    packed through a packed :class:`AttentionPlan` (``cuda_graphs`` as there), so padding never
+    influences a selection or an output; padding queries output zeros. The gather and scatter indices and the packed offsets are
     computed here once (one host synchronisation), not per call.
 
     ``run`` takes ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` and returns ``[B, Lq, Hq, D]``.
@@ -227,7 +249,8 @@ class PaddingPlan:
 
     def __init__(self, cfg: AttentionConfig, query_valid: torch.Tensor, key_valid: torch.Tensor, *, q_heads: int,
                  kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, scale: float,
-                 backend: str | None = None, time_stages: bool = False, head_start: int = 0):
+                 backend: str | None = None, time_stages: bool = False, head_start: int = 0,
+                 cuda_graphs: bool = False):
         self.batch, self.q_len = query_valid.shape
         self.k_len = key_valid.shape[1]
         has_query = query_valid.any(1)  # a row that is all padding has nothing to compute
@@ -239,7 +262,7 @@ class PaddingPlan:
         packed = Packed(cu(bq), cu(bk), max(q_counts), max(k_counts), tuple(zip(bq, bq[1:], bk, bk[1:])))
         self.inner = AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
                                    device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages,
-                                   head_start=head_start)
+                                   head_start=head_start, cuda_graphs=cuda_graphs)
         self._reasons: dict[int | None, str | None] = {}
 
     def dense_reason(self, layer: int | None) -> str | None:

@@ -100,6 +100,30 @@ def test_selection_matches_reference(selector, flags, tau):
     assert torch.equal(count, want_count) and torch.equal(index, want_index)
 
 
+@pytest.mark.parametrize("q_len, k_len, stray_mass, tau", [(65 * 64, 65 * 64, True, 0.6), (40 * 64 + 7, 65 * 64 - 5, False, 0.95)])
+def test_selection_on_narrow_tiles_matches_reference(q_len, k_len, stray_mass, tau):
+    """Rows of 65 key blocks (a 128-column tile) sort on 16/32/64/128-column tiles by their extent;
+    mass past the diagonal (another estimator's scores) widens a row's tile, never drops it."""
+    g = torch.Generator().manual_seed(q_len + stray_mass)
+    nbq, nbk = -(-q_len // 64), -(-k_len // 64)
+    scores = torch.rand(1, 1, nbq, nbk, generator=g) ** 4
+    rows = torch.arange(nbq)[:, None]
+    visible = torch.arange(nbk)[None, :] * 64 <= torch.clamp((rows + 1) * 64, max=q_len) - 1 + (k_len - q_len)
+    scores = scores * visible
+    if stray_mass:
+        # invisible blocks with mass: ranked first, they use up τ·T (so fewer visible blocks are kept)
+        scores[0, 0, 3:30, nbk - 1] = 2 * scores[0, 0, 3:30].sum(-1)
+    scores[0, 0, 5, 1] = scores[0, 0, 5, 3]  # a tie
+    cfg = rr.RRConfig(block_size=64, tau=tau)
+    want = rr.select_blocks(scores, cfg, q_len=q_len, k_len=k_len, backend="reference")
+    mask, count, index = select_kernel(scores.to(DEVICE), q_len=q_len, k_len=k_len, block_size=64, tau=tau,
+                                       selector="top_tau", force_sink=True, force_diagonal=True,
+                                       dense_last_query_block=True)
+    assert torch.equal(mask.cpu(), want)
+    want_count, want_index = rr.to_kv_index(want)
+    assert torch.equal(count.cpu(), want_count) and torch.equal(index.cpu(), want_index)
+
+
 @pytest.mark.parametrize(
     "batch, hq, hkv, lq, lk, dim, block",
     [(1, 2, 1, 200, 330, 64, 64), (2, 4, 2, 129, 129, 32, 128), (1, 2, 2, 300, 300, 128, 128), (1, 1, 1, 70, 200, 256, 64)],

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rrattention"
 # Top-level modules and subpackages of rrattention, lowest layer first; a module may import its own
 # layer and the layers below it.
 LAYERS = [
-    {"config", "_checks", "crossover", "policy", "timing"},
+    {"config", "_checks", "crossover", "policy", "timing", "graphs"},
     {"reference", "kernels"},
     {"backends"},
     {"methods"},

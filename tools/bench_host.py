@@ -13,7 +13,11 @@ is listed beside it). Entry points, as available in the installed version of the
 * ``plan.run, Triton launch path``: the same with ``bind_backends=False`` (every launch through
   Triton's own argument binding: the cost the launch cache removes);
 * ``hf hook``: ``rr.hf.attention_forward`` on an attention module, as transformers calls it per layer;
-* ``graph replay``: the hook's call captured in a CUDA graph and replayed (no host work per kernel).
+* ``plan.run, CUDA graphs`` and ``hf hook, CUDA graphs``: the same with ``cuda_graphs=True``
+  (:mod:`rrattention.graphs`: the inputs copied into the plan's static buffers, its graph replayed,
+  the output copied out);
+* ``graph replay``: the hook's call captured in a CUDA graph by hand and replayed (no host work
+  per kernel, no copies: the floor).
 """
 
 from __future__ import annotations
@@ -78,8 +82,14 @@ def main() -> None:
         k, v = (torch.randn(1, kv_heads, length, dim, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
         module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
         _calls.attach([module], cfg, None)
+        graphed_module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
         entries = {"rr_attention": lambda: rr.rr_attention(q, k, v, cfg, layer=3),
                    "hf hook": lambda: rr.hf.attention_forward(module, q, k, v, None)}
+        try:
+            _calls.attach([graphed_module], cfg, None, cuda_graphs=True)
+            entries["hf hook, CUDA graphs"] = lambda: rr.hf.attention_forward(graphed_module, q, k, v, None)
+        except TypeError:  # a version without CUDA graphs
+            pass
         if hasattr(rr, "AttentionPlan"):
             plan = rr.AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=dim, dtype=q.dtype, device=q.device,
                                     scale=dim**-0.5, batch=1, q_len=length, k_len=length)
@@ -91,9 +101,22 @@ def main() -> None:
                 entries["plan.run, Triton launch path"] = lambda: jit_plan.run(q, k, v, 3)
             except TypeError:  # a version without the launch cache
                 pass
+            try:
+                graph_plan = rr.AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=dim, dtype=q.dtype,
+                                              device=q.device, scale=dim**-0.5, batch=1, q_len=length, k_len=length,
+                                              cuda_graphs=True)
+                entries["plan.run, CUDA graphs"] = lambda: graph_plan.run(q, k, v, 3)
+            except TypeError:  # a version without CUDA graphs
+                pass
         for name, fn in list(entries.items()):
             for _ in range(3):
                 fn()
+        if "plan.run, CUDA graphs" in entries:  # replayed calls compute what the eager ones do
+            if not (torch.equal(entries["plan.run, CUDA graphs"]().out, entries["plan.run"]().out)
+                    and torch.equal(entries["hf hook, CUDA graphs"]()[0], entries["hf hook"]()[0])):
+                raise SystemExit(f"CUDA-graph replay differs from the eager call at {(q_heads, kv_heads, dim, length)}")
+            if graph_plan.graphs.replays == 0:
+                raise SystemExit(f"the graphed plan never replayed: {graph_plan.graphs.declined}")
         if hasattr(rr, "AttentionPlan"):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

@@ -106,6 +106,9 @@ def main() -> None:
                     help="only time launch-config variants of both kernels at length L and exit")
     ap.add_argument("--select", type=int, default=0, metavar="L",
                     help="only time the estimator (exact and fast) and the selection at length L and exit")
+    ap.add_argument("--compare-select", default="", metavar="MODULE",
+                    help="with --select: also time MODULE's select_blocks (another version of the selection kernel) "
+                         "on the same scores, and check that its outputs are identical")
     args = ap.parse_args()
     import pandas as pd
 
@@ -119,6 +122,18 @@ def main() -> None:
                  "select_ms": bench(lambda: select_blocks(scores, q_len=args.select, k_len=args.select, block_size=args.block,
                                                           tau=0.95, selector="top_tau", force_sink=True, force_diagonal=True,
                                                           dense_last_query_block=True))}
+        if args.compare_select:
+            import importlib
+
+            other = importlib.import_module(args.compare_select).select_blocks
+            select_args = dict(q_len=args.select, k_len=args.select, block_size=args.block, tau=0.95,
+                               selector="top_tau", force_sink=True, force_diagonal=True, dense_last_query_block=True)
+            ours, theirs = select_blocks(scores, **select_args), other(scores, **select_args)
+            times[f"select_{args.compare_select.rsplit('.', 1)[-1]}_ms"] = bench(lambda: other(scores, **select_args))
+            identical = all(torch.equal(a, b) for a, b in zip(ours, theirs))
+            print(f"selection outputs identical to {args.compare_select}: {identical}")
+            if not identical:
+                raise SystemExit(1)
         props = torch.cuda.get_device_properties(0)
         print(f"{props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
               f"B=1, Hq={args.q_heads}, Hkv={args.kv_heads}, D={args.head_dim}, L={args.select}: "
@@ -176,10 +191,18 @@ def main() -> None:
             return select_blocks(scores, q_len=length, k_len=length, block_size=block, tau=cfg.tau, selector=cfg.selector,
                                  force_sink=True, force_diagonal=True, dense_last_query_block=True)
 
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
         row["estimate_select_ms"] = bench(estimate_and_select)
-        row["estimate_select_extra_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        # Peak memory of one call, outside do_bench (whose L2-flush buffer would count as ours).
+        for name, fn in (("estimate_select", estimate_and_select), ("estimate", lambda: estimate_block_scores(
+                q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale))):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            result = fn()
+            torch.cuda.synchronize()
+            row[f"{name}_extra_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            del result
+        row["scores_MiB"] = hq * (-(-length // block)) ** 2 * 4 / 2**20  # the fp32 [1, Hq, nbq, nbk] it returns
         for splits in (1, 2, 3):
             row[f"estimate_splits{splits}_ms"] = bench(lambda: estimate_block_scores(
                 q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale, config={"SPLITS": splits}))

@@ -4,7 +4,10 @@ dense SDPA vs rrattention at its defaults, with the sparsity rrattention chose a
     python tools/bench_prefill.py --out results/prefill/h100
 
 TTFT is one forward pass over the prompt producing the first new token's logits (no cache kept),
-median of ``--repeats`` runs after two warm-up passes, timed with CUDA events; ``*_host_issue_ms``
+median of ``--repeats`` runs after two warm-up passes, timed with CUDA events, the attentions taking
+turns pass by pass; each pass plans afresh, as a new prompt's does. ``rrattention_graphs`` is
+rrattention with ``cuda_graphs=True`` (:mod:`rrattention.graphs`; ``graphs_logits_equal``: its
+logits equal rrattention's bit for bit). ``*_host_issue_ms``
 is the host's time to issue the pass (when it is close to the TTFT the pass is host-bound). The text is Shakespeare from
 the offline corpus; lengths past the model's 8K training window are fine for timing. The NLL of
 the last 512 tokens is reported beside it (meaningful only within the 8K window). Sparsity is the
@@ -37,23 +40,33 @@ import rrattention as rr  # noqa: E402
 from rrattention import assets  # noqa: E402
 
 
-def time_forward(model, ids, repeats: int) -> tuple[float, float, torch.Tensor]:
-    """(median GPU time of a pass, median host time to issue it, the warm-up's logits), ms."""
-    times, issued = [], []
+def time_forwards(model, ids, variants: dict, repeats: int) -> dict[str, tuple[float, float, torch.Tensor]]:
+    """Each variant's (median GPU time of a pass, median host time to issue it, warm-up logits), ms.
+
+    ``variants`` maps a name to a function that switches the model to it. The variants take turns
+    pass by pass (so drifting host speed hits them alike), and every switch configures afresh: each
+    timed pass plans its attention as a new prompt's pass does."""
+    times = {name: [] for name in variants}
+    issued = {name: [] for name in variants}
+    logits = {}
     with torch.no_grad():
-        logits = model(ids, logits_to_keep=513).logits  # warm-up: compilation, allocator, library handles
-        model(ids, logits_to_keep=1)
-        for _ in range(repeats):
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            host = time.perf_counter()
-            start.record()
+        for name, switch in variants.items():
+            switch()
+            logits[name] = model(ids, logits_to_keep=513).logits  # warm-up: compilation, allocator, library handles
             model(ids, logits_to_keep=1)
-            end.record()
-            issued.append((time.perf_counter() - host) * 1e3)
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times), statistics.median(issued), logits
+        for _ in range(repeats):
+            for name, switch in variants.items():
+                switch()
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                host = time.perf_counter()
+                start.record()
+                model(ids, logits_to_keep=1)
+                end.record()
+                issued[name].append((time.perf_counter() - host) * 1e3)
+                torch.cuda.synchronize()
+                times[name].append(start.elapsed_time(end))
+    return {name: (statistics.median(times[name]), statistics.median(issued[name]), logits[name]) for name in variants}
 
 
 def profile_forward(model, ids, label: str) -> tuple[dict, list]:
@@ -82,7 +95,7 @@ def profile_forward(model, ids, label: str) -> tuple[dict, list]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--profile", default="", help="lengths to profile one forward pass at (comma-separated)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -97,26 +110,31 @@ def main() -> None:
     cfg = rr.RRConfig()
     profiled = {int(x) for x in args.profile.split(",") if x}
     rows, summaries, kernels = [], [], []
+    variants = {"sdpa": lambda: model.set_attn_implementation("sdpa"),
+                "rrattention": lambda: rr.hf.configure(model, cfg),
+                "rrattention_graphs": lambda: rr.hf.configure(model, cfg, cuda_graphs=True)}
     for length in lengths:
         ids = tokens[:length][None].cuda()
         nll = lambda logits: torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, -512:]).item()  # noqa: E731
-        model.set_attn_implementation("sdpa")
-        dense_ms, dense_issue_ms, dense_logits = time_forward(model, ids, args.repeats)
-        if length in profiled:
-            summary, top = profile_forward(model, ids, "sdpa")
-            summaries.append(summary), kernels.extend(top)
+        timed = time_forwards(model, ids, variants, args.repeats)
+        for name, switch in variants.items():
+            if length in profiled:
+                switch()
+                summary, top = profile_forward(model, ids, name)
+                summaries.append(summary), kernels.extend(top)
         rr.hf.configure(model, cfg)
-        sparse_ms, sparse_issue_ms, sparse_logits = time_forward(model, ids, args.repeats)
-        if length in profiled:
-            summary, top = profile_forward(model, ids, "rrattention")
-            summaries.append(summary), kernels.extend(top)
         with rr.hf.collect_stats(model) as stats, torch.no_grad():
             model(ids, logits_to_keep=1)
         prefill = stats.prefill_records()
+        (dense_ms, dense_issue_ms, dense_logits), (sparse_ms, sparse_issue_ms, sparse_logits), \
+            (graphs_ms, graphs_issue_ms, graphs_logits) = timed.values()
         row = dict(L=length, sdpa_ttft_ms=dense_ms, rrattention_ttft_ms=sparse_ms, speedup=dense_ms / sparse_ms,
+                   rrattention_graphs_ttft_ms=graphs_ms, speedup_graphs=dense_ms / graphs_ms,
                    sparsity=stats.sparsity(), dense_calls=sum(r.is_dense for r in prefill) / len(prefill),
                    nll_last512_sdpa=nll(dense_logits), nll_last512_rrattention=nll(sparse_logits),
-                   sdpa_host_issue_ms=dense_issue_ms, rrattention_host_issue_ms=sparse_issue_ms)
+                   graphs_logits_equal=bool(torch.equal(graphs_logits, sparse_logits)),
+                   sdpa_host_issue_ms=dense_issue_ms, rrattention_host_issue_ms=sparse_issue_ms,
+                   rrattention_graphs_host_issue_ms=graphs_issue_ms)
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     df = pd.DataFrame(rows)

@@ -194,16 +194,19 @@ def misaligned(x: torch.Tensor) -> torch.Tensor:
     return flat.view(x.shape).copy_(x)
 
 
-def check_plan_layers(name, hq, hkv, length, d, dtype, report) -> bool:
-    """Layers run through one plan (cached launches) equal independent calls, bit for bit."""
-    cfg = rr.RRConfig(tau=0.9, min_sparse_len=0)
+def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False) -> bool:
+    """Layers run through one plan (cached launches; with ``cuda_graphs``, replayed CUDA graphs)
+    equal independent calls, bit for bit. Layer 3's inputs are misaligned (a graphed plan runs it
+    eagerly), layer 5 has its own τ (its own graph key: its one call runs eagerly)."""
+    cfg = rr.RRConfig(tau=0.9, min_sparse_len=0, layer_overrides={5: {"tau": 0.8}})
     g = torch.Generator(device="cuda").manual_seed(length + hq)
     plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
-                            scale=d**-0.5, batch=1, q_len=length, k_len=length)
+                            scale=d**-0.5, batch=1, q_len=length, k_len=length, cuda_graphs=cuda_graphs)
     lens = [length // 3, length - length // 3]
     cu = torch.tensor([0, lens[0], length], dtype=torch.int32, device="cuda")
     packed_plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
-                                   scale=d**-0.5, packed=rr.backends.Packed(cu, cu, max(lens), max(lens)))
+                                   scale=d**-0.5, packed=rr.backends.Packed(cu, cu, max(lens), max(lens)),
+                                   cuda_graphs=cuda_graphs)
     ok, layers = True, 0
     for layer in range(6):
         q = torch.randn(1, hq, length, d, device="cuda", generator=g).to(dtype) * 2
@@ -221,8 +224,15 @@ def check_plan_layers(name, hq, hkv, length, d, dtype, report) -> bool:
         layers += 1
     cached = sum(len(b.launches) for b in plan._bound.values() if getattr(b, "launches", None) is not None)
     ok &= cached > 0
+    graphed = ""
+    if cuda_graphs:
+        # layers 0, 1, 2, 4 share a key: eager, captured (and replayed), replayed, replayed
+        replays = [p.graphs.replays for p in (plan, packed_plan)]
+        declined = [reason for p in (plan, packed_plan) for reason in p.graphs.declined.values()]
+        ok &= replays == [3, 3] and [len(plan.graphs), len(packed_plan.graphs)] == [1, 1] and not declined
+        graphed = f"; graph replays (padded, packed) {replays}, declined {declined or 'none'}"
     report(f"{'PASS' if ok else 'FAIL'} {name:<44} {layers} layers through one plan (padded and packed) = "
-           f"independent calls, bit for bit; cached launchers {cached}")
+           f"independent calls, bit for bit; cached launchers {cached}{graphed}")
     return ok
 
 
@@ -267,6 +277,8 @@ def main() -> int:
         cases = [
             ("small GQA4 700 D64 bf16", 1, 4, 1, 700, 700, 64, torch.bfloat16, C(block_size=64, tau=0.9)),
             ("small chunked 300/650 D128 fp16", 2, 4, 2, 300, 650, 128, torch.float16, C(tau=0.8)),
+            # 66 key blocks: the selection's narrow tiles (16 to 128 columns)
+            ("small narrow-tile rows 4200 D64 fp16", 1, 2, 1, 4200, 4200, 64, torch.float16, C(block_size=64, tau=0.9)),
         ]
     ok = True
     wanted = lambda name: not args.only or any(part in name for part in args.only.split(","))  # noqa: E731
@@ -281,8 +293,10 @@ def main() -> int:
             ok &= check_decode(name, b, hq, hkv, lk, d, dtype, report)
     for name, hq, hkv, length, small, d, dtype in [("plan layers GQA3 8192 D64 bf16", 9, 3, 8192, 2048, 64, torch.bfloat16),
                                                    ("plan layers GQA4 6000 D128 fp16", 32, 8, 6000, 1000, 128, torch.float16)]:
-        if wanted(name):
-            ok &= check_plan_layers(name, hq, hkv, small if args.small else length, d, dtype, report)
+        for graphs in (False, True):
+            label = f"{'graphed ' if graphs else ''}{name}"
+            if wanted(label):
+                ok &= check_plan_layers(label, hq, hkv, small if args.small else length, d, dtype, report, graphs)
     lens = ([100, 300, 65], [100, 500, 65]) if args.small else ([1000, 4093, 129, 2500], [1000, 4093, 129, 7000])
     if wanted("varlen"):
         # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6

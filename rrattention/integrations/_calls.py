@@ -23,6 +23,7 @@ from ..stats import padded_stats
 from ..timing import StageTimer, stage
 
 STATE_ATTR = "rrattention_state"  # the attribute each attention layer of a configured model carries
+CUDA_GRAPHS = False  # the hooks' default for ``cuda_graphs``
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,15 @@ class PlanCache:
 class ModelState:
     """A model's method settings, forced backend, active collector and plan cache, shared by its
     attention layers; ``tensor_parallel`` is ``(rank, size)`` of the mesh its layers are sharded on,
-    when the hook has read it (None: not read yet)."""
+    when the hook has read it (None: not read yet); ``cuda_graphs``: the plans replay their sparse
+    calls as CUDA graphs (:mod:`rrattention.graphs`)."""
 
     cfg: AttentionConfig
     backend: str | None = None
     collector: StatsCollector | None = None
     plans: PlanCache = field(default_factory=PlanCache)
     tensor_parallel: tuple[int, int] | None = None
+    cuda_graphs: bool = CUDA_GRAPHS
 
     config_json: str = field(init=False)  # cfg as the custom op's argument, made before any compiled call reads it
 
@@ -153,11 +156,13 @@ def method_config(cfg: AttentionConfig | None, method: str | None, backend: str 
 
 
 def attach(modules: Sequence, cfg: AttentionConfig, backend: str | None,
-           tensor_parallel: tuple[int, int] | None = None) -> ModelState:
+           tensor_parallel: tuple[int, int] | None = None, cuda_graphs: bool = CUDA_GRAPHS) -> ModelState:
     """One state for all of a model's attention layers; an active collector carries over."""
+    if not isinstance(cuda_graphs, bool):
+        raise TypeError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
     previous = getattr(modules[0], STATE_ATTR, None)
     state = ModelState(cfg, backend, previous.collector if previous is not None else None,
-                       tensor_parallel=tensor_parallel)
+                       tensor_parallel=tensor_parallel, cuda_graphs=cuda_graphs)
     for module in modules:
         setattr(module, STATE_ATTR, state)
     return state
@@ -232,7 +237,8 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
         check_qkv(query, key)
         scale = check_scale(scaling, head_dim)
         dims = dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=query.dtype, device=query.device,
-                    scale=scale, backend=state.backend, time_stages=timing, head_start=head_start)
+                    scale=scale, backend=state.backend, time_stages=timing, head_start=head_start,
+                    cuda_graphs=state.cuda_graphs)
         may_attend = allowed() if mask is not None else None
         if may_attend is None:
             return AttentionPlan(state.cfg, batch=batch, q_len=q_len, k_len=k_len, **dims)

@@ -41,7 +41,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from . import custom_op  # noqa: F401  (registers torch.ops.rrattention.attention)
 from .._checks import check_scale
 from ..config import AttentionConfig
-from ._calls import CallRecord, StatsCollector, allowed_mask, attach, attention_call, collecting, method_config, module_state
+from ._calls import (CUDA_GRAPHS, CallRecord, StatsCollector, allowed_mask, attach, attention_call, collecting,
+                     method_config, module_state)
 from .tensor_parallel import NOT_SHARDED, HeadShard, head_shard, replicated_kv_reason
 
 ATTN_IMPLEMENTATION = "rrattention"
@@ -95,14 +96,17 @@ def encoder_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, method: str | None = None,
-              backend: str | None = None, **settings) -> torch.nn.Module:
+              backend: str | None = None, cuda_graphs: bool = CUDA_GRAPHS, **settings) -> torch.nn.Module:
     """Attach a method's settings to a loaded model and switch its attention to ``"rrattention"``.
 
     ``cfg`` is an :class:`~rrattention.RRConfig` or another method's config; or name the method
     and give its settings: ``configure(model, method="xattention", tau=0.9)`` (default method
     ``rrattention``). Per-layer overrides and ``dense_layers`` come with the config. Calling it
     again replaces the settings in place (no reload); ``model.set_attn_implementation("sdpa")``
-    switches back. Returns the model.
+    switches back. ``cuda_graphs=True`` replays each forward pass's sparse calls as CUDA graphs
+    (:mod:`rrattention.graphs`: the host then issues a copy, a replay and a copy per layer instead
+    of every kernel; it pays where a pass is host-bound, and holds one call's buffers per layout).
+    Returns the model.
     """
     cfg = method_config(cfg, method, backend, settings)
     modules = attention_modules(model)
@@ -112,7 +116,7 @@ def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, met
             "rrattention needs a transformers model that uses AttentionInterface"
         )
     # one state: encoder calls are recorded too
-    attach(modules + encoder_attention_modules(model), cfg, backend, tensor_parallel_rank(modules[0]))
+    attach(modules + encoder_attention_modules(model), cfg, backend, tensor_parallel_rank(modules[0]), cuda_graphs)
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     return model
 

@@ -9,7 +9,7 @@ the backends' stage operations (:mod:`rrattention.backends`) and never the publi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -50,6 +50,13 @@ class Method:
                packed: Packed | None = None, timer: StageTimer | None = None) -> Selection:
         """The block selection of one call; ``timer`` times its stages (``estimate``, ``select``)."""
         raise NotImplementedError
+
+    def graph_key(self, prepared: Any) -> Hashable | None:
+        """What :meth:`select` launches with these prepared settings, as a hashable key: layers whose
+        keys are equal make the same launches on same-shaped tensors, so they can replay one CUDA
+        graph (:mod:`rrattention.graphs`). None (the default): the method does not promise that its
+        calls launch the same work with no host synchronisation, and runs eagerly."""
+        return None
 
     def estimate(self, q: torch.Tensor, k: torch.Tensor, cfg: AttentionConfig, layer: int | None = None, *,
                  scale: float | None = None, backend: str | None = None, head_start: int = 0) -> torch.Tensor:

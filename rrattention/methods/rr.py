@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..backends import EstimatorSettings, Packed, Selection, SelectionSettings, StageBackends
 from ..config import RRConfig
 from ..timing import stage
@@ -26,6 +28,11 @@ class RRAttention(Method):
                                       min_sparse_len=per_sequence_min_len or 0,
                                       single_query_dense=per_sequence_min_len is not None)
         return estimator, selection
+
+    def graph_key(self, prepared):
+        # The layer index reaches the kernels only through the random head shift's hash (spec §2).
+        estimator, selection = prepared
+        return (estimator if estimator.head_shift == "random" else dataclasses.replace(estimator, layer=0)), selection
 
     def select(self, ops: StageBackends, q, k, prepared, packed: Packed | None = None, timer=None) -> Selection:
         """Round-robin sampled stride scores (§2–§3) → Top-τ selection (§4)."""

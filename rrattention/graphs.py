@@ -1,0 +1,140 @@
+"""Replaying a plan's sparse calls as CUDA graphs, so that a layer's call costs the host one input
+copy, one graph launch and one output copy instead of every launch of the estimator, the selection
+and the attention (``AttentionPlan(cuda_graphs=True)``).
+
+A forward pass makes the same launches in every layer that shares the plan's layout and the same
+settings: only the tensors' addresses differ. :class:`CallGraphs` therefore keys a call by a
+*signature* (what the plan's layer will launch, :attr:`rrattention.plan.LayerPlan.graph_key`) and
+the shapes, strides and dtypes of its tensors. The first call of a key runs eagerly (it compiles the
+kernels and fills the plan's launch caches); the second captures the call on static input and
+output buffers, and every call from then on copies its inputs in, replays the graph and copies
+the output out. A capture that fails (a backend that synchronises with the host, say) leaves the
+key eager for the plan's life, with its reason in :attr:`CallGraphs.declined`.
+
+What stays eager: CPU tensors, inputs not 16-byte aligned (the static buffers are, and Triton
+specialises on alignment), inputs that need gradients, and calls made while the current stream
+is being captured already (a caller's own CUDA graph, ``torch.compile(mode="reduce-overhead")``):
+those launches belong to the caller's graph.
+
+The static buffers and the graphs' private memory pools live as long as the plan. A replayed
+call's selection is the graph's own tensor: it holds the call's block mask until the plan's next
+call, so statistics read it right away. Calls of one plan run on one stream.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+import torch
+
+# fn(q, k, v, out) -> (output tensor, what else the call returns); out may be None.
+Call = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple]
+
+
+@dataclass
+class Captured:
+    """One captured call: its graph, the static buffers it reads and writes, what it returned."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    out: torch.Tensor
+    extra: object
+    replays: int = 0
+
+
+def _layout(x: torch.Tensor) -> tuple:
+    return x.shape, x.stride(), x.dtype, x.device
+
+
+def _eager_reason(tensors) -> str | None:
+    """Why these tensors cannot run through a graph (None: they can)."""
+    if any(t.device.type != "cuda" for t in tensors):
+        return "not CUDA tensors"
+    if any(t.data_ptr() % 16 for t in tensors):
+        return "a tensor not 16-byte aligned"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "a tensor that requires grad"
+    if torch.cuda.is_current_stream_capturing():
+        return "the stream is being captured by the caller"
+    return None
+
+
+def _static_like(x: torch.Tensor) -> torch.Tensor | None:
+    """An empty buffer with ``x``'s strides (None when ``x`` is not dense: its strides cannot be kept)."""
+    buffer = torch.empty_like(x)
+    return buffer if buffer.stride() == x.stride() else None
+
+
+class CallGraphs:
+    """The CUDA graphs of one plan's calls, one per signature and tensor layout (module docstring)."""
+
+    def __init__(self):
+        self._seen: set = set()
+        self._captured: dict[tuple, Captured] = {}
+        self.declined: dict[tuple, str] = {}  # key → why its capture failed
+        self._stream: torch.cuda.Stream | None = None
+
+    def __len__(self) -> int:
+        return len(self._captured)
+
+    @property
+    def replays(self) -> int:
+        """Calls answered by replaying a graph, over the plan's life."""
+        return sum(c.replays for c in self._captured.values())
+
+    def run(self, signature: Hashable, call: Call, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            out: torch.Tensor | None) -> tuple:
+        """``call(q, k, v, out)``, eagerly or by replaying its graph → ``(out, extra)``.
+
+        ``out`` (None: a fresh tensor) receives the output; ``extra`` is what the call returned
+        beside it (for a replay, what the captured call returned: the graph's tensors)."""
+        inputs = (q, k, v)
+        key = (signature, *map(_layout, inputs), None if out is None else _layout(out))
+        captured = self._captured.get(key)
+        if captured is None:
+            if key in self.declined or _eager_reason(inputs if out is None else (*inputs, out)) is not None:
+                return call(q, k, v, out)
+            if key not in self._seen:  # compile and warm the launch caches outside any capture
+                self._seen.add(key)
+                return call(q, k, v, out)
+            captured = self._capture(key, call, inputs, out)
+            if captured is None:
+                return call(q, k, v, out)
+        # One multi-tensor copy: the host issues one operation for the three inputs.
+        torch._foreach_copy_(captured.inputs, list(inputs))
+        captured.graph.replay()
+        captured.replays += 1
+        out = captured.out.clone() if out is None else out.copy_(captured.out)
+        return out, captured.extra
+
+    def _capture(self, key: tuple, call: Call, inputs: tuple, out: torch.Tensor | None) -> Captured | None:
+        static = [_static_like(x) for x in inputs]
+        static_out = None if out is None else _static_like(out)
+        if any(s is None for s in static) or (out is not None and static_out is None):
+            self.declined[key] = "a tensor whose strides an empty buffer cannot keep (not dense)"
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(inputs[0].device)
+        graph = torch.cuda.CUDAGraph()
+        # Capture on a side stream (CUDA refuses the legacy default stream), after the work queued so far.
+        self._stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(self._stream):
+                # thread_local: another thread's CUDA calls during the capture do not invalidate it
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    result, extra = call(*static, static_out)
+                finally:
+                    graph.capture_end()
+        except RuntimeError as error:
+            self.declined[key] = f"capture failed: {error}"
+            warnings.warn(f"rrattention: running a plan's calls without CUDA graphs: capture failed ({error})",
+                          RuntimeWarning, stacklevel=4)
+            return None
+        finally:
+            torch.cuda.current_stream().wait_stream(self._stream)
+        captured = Captured(graph, static, result, extra)
+        self._captured[key] = captured
+        return captured

@@ -1,0 +1,192 @@
+"""CUDA-graph replay of a plan's calls (rrattention.graphs): eager first, captured second, replayed
+after; one graph per signature and layout; a failed capture stays eager; which layers share a graph.
+
+CUDA graphs exist only on a GPU: the CallGraphs tests drive it with a stand-in graph whose replay
+re-runs what was launched during capture, and tools/gpu_check.py checks real captures and replays
+of a plan's layers bit for bit against independent calls."""
+
+import contextlib
+import types
+
+import pytest
+import torch
+
+import rrattention as rr
+from rrattention import graphs
+
+
+class FakeCuda:
+    """Stands in for torch.cuda's graph and stream API: a capture records the launches made while
+    it is open (here: calls of ``launch``), and a replay runs them again on the captured tensors."""
+
+    def __init__(self, fail_capture: bool = False):
+        self.capturing, self.fail_capture, self.replays, self.captures = None, fail_capture, 0, 0
+        fake = self
+
+        class Graph:
+            def __init__(self):
+                self.launches = []
+
+            def capture_begin(self, capture_error_mode="global"):
+                fake.capturing = self
+
+            def capture_end(self):
+                fake.capturing = None
+                fake.captures += 1
+                if fake.fail_capture:
+                    raise RuntimeError("operation not permitted when stream is capturing")
+
+            def replay(self):
+                fake.replays += 1
+                for launch in self.launches:
+                    launch()
+
+        self.CUDAGraph = Graph
+        self.Stream = lambda device=None: types.SimpleNamespace(wait_stream=lambda other: None)
+        self.stream = lambda s: contextlib.nullcontext()
+        self.current_stream = lambda: types.SimpleNamespace(wait_stream=lambda other: None)
+
+    def launch(self, kernel):
+        """Run ``kernel`` now, or record it into the open capture (as CUDA does: nothing runs)."""
+        if self.capturing is not None:
+            self.capturing.launches.append(kernel)
+        else:
+            kernel()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    fake = FakeCuda()
+    for name in ("CUDAGraph", "Stream", "stream", "current_stream"):
+        monkeypatch.setattr(graphs.torch.cuda, name, getattr(fake, name))
+    # CPU tensors stand in for CUDA ones; alignment is still checked
+    monkeypatch.setattr(graphs, "_eager_reason",
+                        lambda tensors: "a tensor not 16-byte aligned" if any(t.data_ptr() % 16 for t in tensors) else None)
+    return fake
+
+
+def make_call(fake, log):
+    def call(q, k, v, out):
+        log.append(q.data_ptr())
+        out = torch.empty_like(q) if out is None else out
+
+        def kernel():
+            torch.add(q * 2, k, out=out).sub_(v)
+
+        fake.launch(kernel)
+        return out, ("extra", out.data_ptr())
+
+    return call
+
+
+def tensors(seed, shape=(2, 3, 8, 4)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(3)]
+
+
+def test_first_call_eager_second_captured_then_replayed(fake_cuda):
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    results = []
+    for step in range(5):
+        q, k, v = tensors(step)
+        out = torch.empty_like(q)
+        got, extra = calls.run("sig", call, q, k, v, out)
+        assert got is out
+        assert torch.equal(got, q * 2 + k - v), step
+        results.append(extra)
+    # eager, then capture (on static buffers), then three replays that never call the function
+    assert len(log) == 2 and fake_cuda.captures == 1 and fake_cuda.replays == 4
+    assert log[0] != log[1]  # the capture ran on the static buffers, not the caller's tensors
+    assert len(calls) == 1 and calls.replays == 4
+    assert results[1] == results[2] == results[4]  # a replay returns what the capture returned
+
+
+def test_output_allocated_when_not_given(fake_cuda):
+    calls = graphs.CallGraphs()
+    call = make_call(fake_cuda, [])
+    outs = []
+    for step in range(4):
+        q, k, v = tensors(step)
+        got, _ = calls.run("sig", call, q, k, v, None)
+        assert torch.equal(got, q * 2 + k - v)
+        outs.append(got)
+    assert torch.equal(outs[2], tensors(2)[0] * 2 + tensors(2)[1] - tensors(2)[2])  # not overwritten by step 3
+
+
+def test_signature_and_layout_each_get_their_own_graph(fake_cuda):
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    for step in range(3):
+        for signature, shape in (("a", (1, 2, 8, 4)), ("b", (1, 2, 8, 4)), ("a", (1, 2, 16, 4))):
+            q, k, v = tensors(step, shape)
+            assert torch.equal(calls.run(signature, call, q, k, v, None)[0], q * 2 + k - v)
+    q, k, v = tensors(9, (1, 2, 8, 4))
+    strided = [x.transpose(2, 3).contiguous().transpose(2, 3) for x in (q, k, v)]  # same shape, other strides
+    for _ in range(2):
+        assert torch.equal(calls.run("a", call, *strided, None)[0], q * 2 + k - v)
+    assert len(calls) == 4 and fake_cuda.captures == 4
+
+
+def test_failed_capture_stays_eager_with_its_reason(fake_cuda):
+    fake_cuda.fail_capture = True
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        for step in range(4):
+            q, k, v = tensors(step)
+            assert torch.equal(calls.run("sig", call, q, k, v, None)[0], q * 2 + k - v)
+    assert len(calls) == 0 and fake_cuda.captures == 1 and fake_cuda.replays == 0
+    assert len(log) == 5  # eager, the failed capture, then eager every time
+    assert "not permitted" in next(iter(calls.declined.values()))
+
+
+def test_misaligned_inputs_run_eagerly(fake_cuda):
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    for step in range(3):
+        q, k, v = tensors(step)
+        q = torch.empty(q.numel() + 1)[1:].view(q.shape).copy_(q)
+        assert torch.equal(calls.run("sig", call, q, k, v, None)[0], q * 2 + k - v)
+    assert len(calls) == 0 and fake_cuda.captures == 0 and len(log) == 3
+
+
+def _plan(cfg, **kw):
+    return rr.AttentionPlan(cfg, q_heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, device=torch.device("cpu"),
+                            scale=0.25, batch=1, q_len=512, k_len=512, **kw)
+
+
+def test_layers_share_a_graph_key_when_they_launch_the_same_work():
+    plan = _plan(rr.RRConfig(block_size=64, min_sparse_len=0, layer_overrides={3: {"tau": 0.8}}))
+    keys = [plan.layer_plan(layer).graph_key for layer in range(5)]
+    assert None not in keys
+    assert keys[0] == keys[1] == keys[2] == keys[4] != keys[3]
+    random = _plan(rr.RRConfig(block_size=64, min_sparse_len=0, head_shift="random"))
+    assert random.layer_plan(0).graph_key != random.layer_plan(1).graph_key  # the layer seeds the offsets
+    dense = _plan(rr.RRConfig(block_size=64, min_sparse_len=10**6))
+    assert dense.layer_plan(0).graph_key is None
+
+
+def test_methods_without_a_promise_run_eagerly():
+    plan = _plan(rr.methods.make_config("a_shape", {"block_size": 64, "min_sparse_len": 0}))
+    assert plan.layer_plan(0).graph_key is None
+
+
+def test_cpu_plan_with_graphs_runs_eagerly_and_equals_a_plain_plan():
+    cfg = rr.RRConfig(block_size=64, min_sparse_len=0)
+    graphed, plain = _plan(cfg, cuda_graphs=True), _plan(cfg)
+    assert graphed.graphs is None
+    g = torch.Generator().manual_seed(0)
+    for layer in range(3):
+        q = torch.randn(1, 4, 512, 16, generator=g)
+        k, v = (torch.randn(1, 2, 512, 16, generator=g) for _ in range(2))
+        assert torch.equal(graphed.run(q, k, v, layer).out, plain.run(q, k, v, layer).out)
+
+
+def test_configure_checks_cuda_graphs():
+    from rrattention.integrations import _calls
+
+    module = types.SimpleNamespace(layer_idx=0, num_key_value_groups=1)
+    with pytest.raises(TypeError, match="cuda_graphs must be True or False"):
+        _calls.attach([module], rr.RRConfig(), None, cuda_graphs="yes")
+    assert _calls.attach([module], rr.RRConfig(), None, cuda_graphs=True).cuda_graphs
