@@ -11,10 +11,11 @@ output buffers, and every call from then on copies its inputs in, replays the gr
 the output out. A capture that fails (a backend that synchronises with the host, say) leaves the
 key eager for the plan's life, with its reason in :attr:`CallGraphs.declined`.
 
-What stays eager: CPU tensors, inputs not 16-byte aligned (the static buffers are, and Triton
-specialises on alignment), inputs that need gradients, and calls made while the current stream
-is being captured already (a caller's own CUDA graph, ``torch.compile(mode="reduce-overhead")``):
-those launches belong to the caller's graph.
+What stays eager: CPU tensors; inputs that need gradients; calls made while the current stream
+is being captured already (a caller's own CUDA graph, ``torch.compile(mode="reduce-overhead")``:
+those launches belong to the caller's graph); and the capture waits for 16-byte aligned inputs
+(the static buffers are aligned, and Triton specialises on alignment), though a misaligned call
+replays a graph captured from aligned ones (its inputs are copied into the aligned buffers).
 
 The static buffers and the graphs' private memory pools live as long as the plan. A replayed
 call's selection is the graph's own tensor: it holds the call's block mask until the plan's next
@@ -49,15 +50,21 @@ def _layout(x: torch.Tensor) -> tuple:
 
 
 def _eager_reason(tensors) -> str | None:
-    """Why these tensors cannot run through a graph (None: they can)."""
-    if any(t.device.type != "cuda" for t in tensors):
-        return "not CUDA tensors"
-    if any(t.data_ptr() % 16 for t in tensors):
-        return "a tensor not 16-byte aligned"
+    """Why a call on these tensors runs eagerly, even where its graph exists (None: it need not)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "a tensor that requires grad"
     if torch.cuda.is_current_stream_capturing():
         return "the stream is being captured by the caller"
+    return None
+
+
+def _capture_reason(tensors) -> str | None:
+    """Why these tensors cannot be captured from (None: they can). A misaligned input can still
+    replay a graph captured from aligned ones: it is copied into the graph's aligned buffers."""
+    if any(t.device.type != "cuda" for t in tensors):
+        return "not CUDA tensors"
+    if any(t.data_ptr() % 16 for t in tensors):
+        return "a tensor not 16-byte aligned"
     return None
 
 
@@ -91,10 +98,13 @@ class CallGraphs:
         ``out`` (None: a fresh tensor) receives the output; ``extra`` is what the call returned
         beside it (for a replay, what the captured call returned: the graph's tensors)."""
         inputs = (q, k, v)
+        tensors = inputs if out is None else (*inputs, out)
+        if _eager_reason(tensors) is not None:
+            return call(q, k, v, out)
         key = (signature, *map(_layout, inputs), None if out is None else _layout(out))
         captured = self._captured.get(key)
         if captured is None:
-            if key in self.declined or _eager_reason(inputs if out is None else (*inputs, out)) is not None:
+            if key in self.declined or _capture_reason(tensors) is not None:
                 return call(q, k, v, out)
             if key not in self._seen:  # compile and warm the launch caches outside any capture
                 self._seen.add(key)

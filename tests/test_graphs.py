@@ -60,8 +60,9 @@ def fake_cuda(monkeypatch):
     for name in ("CUDAGraph", "Stream", "stream", "current_stream"):
         monkeypatch.setattr(graphs.torch.cuda, name, getattr(fake, name))
     # CPU tensors stand in for CUDA ones; alignment is still checked
-    monkeypatch.setattr(graphs, "_eager_reason",
+    monkeypatch.setattr(graphs, "_capture_reason",
                         lambda tensors: "a tensor not 16-byte aligned" if any(t.data_ptr() % 16 for t in tensors) else None)
+    monkeypatch.setattr(graphs.torch.cuda, "is_current_stream_capturing", lambda: fake.capturing is not None)
     return fake
 
 
@@ -141,14 +142,38 @@ def test_failed_capture_stays_eager_with_its_reason(fake_cuda):
     assert "not permitted" in next(iter(calls.declined.values()))
 
 
-def test_misaligned_inputs_run_eagerly(fake_cuda):
+def misaligned(x):
+    return torch.empty(x.numel() + 1)[1:].view(x.shape).copy_(x)
+
+
+def test_misaligned_inputs_are_not_captured_from_but_replay(fake_cuda):
     calls, log = graphs.CallGraphs(), []
     call = make_call(fake_cuda, log)
     for step in range(3):
         q, k, v = tensors(step)
-        q = torch.empty(q.numel() + 1)[1:].view(q.shape).copy_(q)
+        q = misaligned(q)
         assert torch.equal(calls.run("sig", call, q, k, v, None)[0], q * 2 + k - v)
     assert len(calls) == 0 and fake_cuda.captures == 0 and len(log) == 3
+    for step in range(2):  # aligned calls capture; a misaligned one then replays (copied into aligned buffers)
+        assert torch.equal(calls.run("sig", call, *tensors(step), None)[0], tensors(step)[0] * 2 + tensors(step)[1] - tensors(step)[2])
+    q, k, v = tensors(7)
+    assert torch.equal(calls.run("sig", call, misaligned(q), k, v, None)[0], q * 2 + k - v)
+    assert fake_cuda.captures == 1 and calls.replays == 2
+
+
+def test_calls_inside_a_callers_capture_run_eagerly(fake_cuda):
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    for step in range(3):
+        calls.run("sig", call, *tensors(step), None)
+    outer = fake_cuda.CUDAGraph()
+    outer.capture_begin()
+    out = torch.empty_like(tensors(5)[0])
+    calls.run("sig", call, *tensors(5), out)  # recorded into the caller's graph, not a replay of ours
+    fake_cuda.capturing = None
+    assert calls.replays == 2 and len(outer.launches) == 1
+    outer.replay()
+    assert torch.equal(out, tensors(5)[0] * 2 + tensors(5)[1] - tensors(5)[2])
 
 
 def _plan(cfg, **kw):

@@ -81,12 +81,12 @@ def main() -> None:
         q = torch.randn(1, length, q_heads, dim, device="cuda", generator=g, dtype=torch.bfloat16).transpose(1, 2)
         k, v = (torch.randn(1, kv_heads, length, dim, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
         module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
-        _calls.attach([module], cfg, None)
+        _calls.attach([module], cfg, None, (0, 1))  # (0, 1): not tensor-parallel
         graphed_module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
         entries = {"rr_attention": lambda: rr.rr_attention(q, k, v, cfg, layer=3),
                    "hf hook": lambda: rr.hf.attention_forward(module, q, k, v, None)}
         try:
-            _calls.attach([graphed_module], cfg, None, cuda_graphs=True)
+            _calls.attach([graphed_module], cfg, None, (0, 1), cuda_graphs=True)
             entries["hf hook, CUDA graphs"] = lambda: rr.hf.attention_forward(graphed_module, q, k, v, None)
         except TypeError:  # a version without CUDA graphs
             pass

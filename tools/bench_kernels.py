@@ -133,7 +133,19 @@ def main() -> None:
             identical = all(torch.equal(a, b) for a, b in zip(ours, theirs))
             print(f"selection outputs identical to {args.compare_select}: {identical}")
             if not identical:
-                raise SystemExit(1)
+                # Both against the reference: differences that its fp tolerance explains are summation order.
+                from gpu_check import unexplained_mask_differences
+
+                cfg = rr.RRConfig(stride=args.stride, block_size=args.block, tau=0.95)
+                want = rr.select_blocks(scores, cfg, q_len=args.select, k_len=args.select, backend="reference")
+                for label, got in (("this", ours), (args.compare_select, theirs)):
+                    n_diff, unexplained = unexplained_mask_differences(got[0], want, scores, cfg, args.select, args.select)
+                    counts = rr.to_kv_index(got[0])
+                    print(f"{label} vs the reference: {n_diff} differing blocks of {want.numel()} "
+                          f"({unexplained} not explained by fp tolerance); compact form consistent with its mask: "
+                          f"{torch.equal(counts[0], got[1]) and torch.equal(counts[1], got[2])}")
+                    if unexplained:
+                        raise SystemExit(1)
         props = torch.cuda.get_device_properties(0)
         print(f"{props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
               f"B=1, Hq={args.q_heads}, Hkv={args.kv_heads}, D={args.head_dim}, L={args.select}: "

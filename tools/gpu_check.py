@@ -196,8 +196,9 @@ def misaligned(x: torch.Tensor) -> torch.Tensor:
 
 def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False) -> bool:
     """Layers run through one plan (cached launches; with ``cuda_graphs``, replayed CUDA graphs)
-    equal independent calls, bit for bit. Layer 3's inputs are misaligned (a graphed plan runs it
-    eagerly), layer 5 has its own τ (its own graph key: its one call runs eagerly)."""
+    equal independent calls, bit for bit. Layer 3's inputs are misaligned (a graphed plan copies
+    them into its aligned buffers and replays), layer 5 has its own τ (its own graph key: its one
+    call runs eagerly)."""
     cfg = rr.RRConfig(tau=0.9, min_sparse_len=0, layer_overrides={5: {"tau": 0.8}})
     g = torch.Generator(device="cuda").manual_seed(length + hq)
     plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
@@ -207,7 +208,7 @@ def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False
     packed_plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
                                    scale=d**-0.5, packed=rr.backends.Packed(cu, cu, max(lens), max(lens)),
                                    cuda_graphs=cuda_graphs)
-    ok, layers = True, 0
+    ok, layers, equal = True, 0, True
     for layer in range(6):
         q = torch.randn(1, hq, length, d, device="cuda", generator=g).to(dtype) * 2
         k = (torch.randn(1, hkv, length, d, device="cuda", generator=g) + 3 * torch.randn(1, hkv, 1, d, device="cuda", generator=g)).to(dtype)
@@ -216,23 +217,24 @@ def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False
             q, k = misaligned(q), misaligned(k)
         run = plan.run(q, k, v, layer)
         want, stats = rr.rr_attention(q, k, v, cfg, layer=layer, return_stats=True)
-        ok &= torch.equal(run.out, want) and torch.equal(plan.stats(run).block_mask, stats.block_mask)
+        equal &= torch.equal(run.out, want) and torch.equal(plan.stats(run).block_mask, stats.block_mask)
         tq, tk, tv = (x[0].transpose(0, 1) for x in (q, k, v))  # [T, H, D] views: strided, as models pass them
         got = packed_plan.run(tq, tk, tv, layer).out
         want_packed = rr.rr_attention_varlen(tq, tk, tv, cu, cu, max(lens), max(lens), cfg, layer=layer)
-        ok &= torch.equal(got, want_packed)
+        equal &= torch.equal(got, want_packed)
         layers += 1
+    ok &= equal
     cached = sum(len(b.launches) for b in plan._bound.values() if getattr(b, "launches", None) is not None)
     ok &= cached > 0
     graphed = ""
     if cuda_graphs:
-        # layers 0, 1, 2, 4 share a key: eager, captured (and replayed), replayed, replayed
+        # layers 0 to 4 share a key: eager, captured (and replayed), then replayed
         replays = [p.graphs.replays for p in (plan, packed_plan)]
         declined = [reason for p in (plan, packed_plan) for reason in p.graphs.declined.values()]
-        ok &= replays == [3, 3] and [len(plan.graphs), len(packed_plan.graphs)] == [1, 1] and not declined
+        ok &= replays == [4, 4] and [len(plan.graphs), len(packed_plan.graphs)] == [1, 1] and not declined
         graphed = f"; graph replays (padded, packed) {replays}, declined {declined or 'none'}"
     report(f"{'PASS' if ok else 'FAIL'} {name:<44} {layers} layers through one plan (padded and packed) = "
-           f"independent calls, bit for bit; cached launchers {cached}{graphed}")
+           f"independent calls, bit for bit: {equal}; cached launchers {cached}{graphed}")
     return ok
 
 
