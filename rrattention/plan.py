@@ -31,6 +31,10 @@ from .stats import RRStats, packed_stats, padded_stats
 from .timing import StageTimer, stage
 
 DENSE_BACKENDS = {"attention": "sdpa"}
+# cuda_graphs=None replays layouts with less dense work than SmolLM2's 32K call (H200,
+# results/prefill/h200/: its 16K prefill was host-bound, 0.90× SDPA eager and 1.00× replayed; at 32K
+# and above the pass is GPU-bound and the copies in and out cost more than the launches they save).
+GRAPH_MAX_DENSE_FLOPS = backends.causal_flops(1, 9, 32768, 32768, 64)
 
 
 @dataclass(frozen=True)
@@ -79,22 +83,36 @@ class AttentionPlan:
         cuda_graphs: replay the sparse calls as CUDA graphs (:mod:`rrattention.graphs`): a layout's
             first call runs eagerly, the second is captured, later calls (in any layer with the same
             settings) copy their inputs in and replay. Costs a static copy of one call's inputs,
-            output and temporaries for the plan's life; for host-bound forward passes.
+            output and temporaries for the plan's life; for host-bound forward passes. None: only
+            for layouts whose dense causal work is below :data:`GRAPH_MAX_DENSE_FLOPS` (short calls,
+            where the host's launch time matters; a packed layout sums its sequences).
     """
 
     def __init__(self, cfg: AttentionConfig, *, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, scale: float, batch: int | None = None, q_len: int | None = None,
                  k_len: int | None = None, packed: Packed | None = None, backend: str | None = None,
                  time_stages: bool = False, bind_backends: bool = True, head_start: int = 0,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool | None = False):
         self.cfg, self.scale, self.backend, self.time_stages = cfg, scale, backend, time_stages
         self.head_start, self.cuda_graphs = head_start, cuda_graphs
-        self.graphs = CallGraphs() if cuda_graphs and device.type == "cuda" and not time_stages else None
         self.q_heads, self.kv_heads, self.head_dim, self.dtype, self.device = q_heads, kv_heads, head_dim, dtype, device
         self.batch, self.q_len, self.k_len, self.packed = batch, q_len, k_len, packed
+        if cuda_graphs is None:
+            cuda_graphs = self._layout_flops() < GRAPH_MAX_DENSE_FLOPS
+        self.graphs = CallGraphs() if cuda_graphs and device.type == "cuda" and not time_stages else None
         self._layers: dict[int | None, LayerPlan] = {}
         self._sequences: list[AttentionPlan] | None = None  # a packed batch planned per sequence
         self._bound: dict[str, backends.Backend] | None = {} if bind_backends else None
+
+    def _layout_flops(self) -> float:
+        """Dense causal FLOPs of one call of the layout (a packed one: its sequences' sum; inf when
+        its offsets are not known on the host, which would take a synchronisation to read)."""
+        if self.packed is None:
+            return backends.causal_flops(self.batch, self.q_heads, self.q_len, self.k_len, self.head_dim)
+        if self.packed.spans is None:
+            return float("inf")
+        return sum(backends.causal_flops(1, self.q_heads, qb - qa, kb - ka, self.head_dim)
+                   for qa, qb, ka, kb in self.packed.spans)
 
     def problem(self, cfg: AttentionConfig, varlen: bool = False) -> Problem:
         flops = None if varlen else backends.causal_flops(self.batch, self.q_heads, self.q_len, self.k_len, self.head_dim)
@@ -250,7 +268,7 @@ class PaddingPlan:
     def __init__(self, cfg: AttentionConfig, query_valid: torch.Tensor, key_valid: torch.Tensor, *, q_heads: int,
                  kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, scale: float,
                  backend: str | None = None, time_stages: bool = False, head_start: int = 0,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool | None = False):
         self.batch, self.q_len = query_valid.shape
         self.k_len = key_valid.shape[1]
         has_query = query_valid.any(1)  # a row that is all padding has nothing to compute

@@ -212,6 +212,26 @@ def test_configure_checks_cuda_graphs():
     from rrattention.integrations import _calls
 
     module = types.SimpleNamespace(layer_idx=0, num_key_value_groups=1)
-    with pytest.raises(TypeError, match="cuda_graphs must be True or False"):
+    with pytest.raises(TypeError, match="cuda_graphs must be True, False or None"):
         _calls.attach([module], rr.RRConfig(), None, cuda_graphs="yes")
     assert _calls.attach([module], rr.RRConfig(), None, cuda_graphs=True).cuda_graphs
+
+
+def test_default_replays_only_calls_below_the_measured_size():
+    from rrattention.plan import GRAPH_MAX_DENSE_FLOPS
+
+    def graphed(q_len, **kw):
+        plan = rr.AttentionPlan(rr.RRConfig(), q_heads=9, kv_heads=3, head_dim=64, dtype=torch.bfloat16,
+                                device=torch.device("cuda"), scale=0.125, batch=1, q_len=q_len, k_len=q_len,
+                                cuda_graphs=None, **kw)
+        return plan.graphs is not None
+
+    assert graphed(16384) and not graphed(32768)
+    assert rr.backends.causal_flops(1, 9, 32768, 32768, 64) == GRAPH_MAX_DENSE_FLOPS
+    assert not graphed(16384, time_stages=True)  # timed stages need events between the kernels
+    spans = ((0, 16384, 0, 16384), (16384, 32768, 16384, 32768))
+    cu = torch.tensor([0, 16384, 32768], dtype=torch.int32)
+    packed = rr.AttentionPlan(rr.RRConfig(), q_heads=9, kv_heads=3, head_dim=64, dtype=torch.bfloat16,
+                              device=torch.device("cuda"), scale=0.125, cuda_graphs=None,
+                              packed=rr.backends.Packed(cu, cu, 16384, 16384, spans))
+    assert packed.graphs is not None  # two 16K sequences: less work than one 32K call

@@ -5,9 +5,11 @@ dense SDPA vs rrattention at its defaults, with the sparsity rrattention chose a
 
 TTFT is one forward pass over the prompt producing the first new token's logits (no cache kept),
 median of ``--repeats`` runs after two warm-up passes, timed with CUDA events, the attentions taking
-turns pass by pass; each pass plans afresh, as a new prompt's does. ``rrattention_graphs`` is
-rrattention with ``cuda_graphs=True`` (:mod:`rrattention.graphs`; ``graphs_logits_equal``: its
-logits equal rrattention's bit for bit). ``*_host_issue_ms``
+turns pass by pass; each pass plans afresh, as a new prompt's does. ``rrattention`` runs the
+defaults (``cuda_graphs=None``: CUDA graphs for short calls), ``rrattention_eager`` and
+``rrattention_graphs`` force ``cuda_graphs`` False and True (:mod:`rrattention.graphs`;
+``graphs_logits_equal``: their logits are equal bit for bit). ``--host-profile L`` writes the
+functions that took the host's time in one pass of each (cProfile) to ``host_profile.md``. ``*_host_issue_ms``
 is the host's time to issue the pass (when it is close to the TTFT the pass is host-bound). The text is Shakespeare from
 the offline corpus; lengths past the model's 8K training window are fine for timing. The NLL of
 the last 512 tokens is reported beside it (meaningful only within the 8K window). Sparsity is the
@@ -92,11 +94,32 @@ def profile_forward(model, ids, label: str) -> tuple[dict, list]:
     return summary, rows
 
 
+def host_profile(model, ids, label: str, top: int = 25) -> str:
+    """The functions that took the host's time in one forward pass (after one unprofiled pass)."""
+    import cProfile
+    import io
+    import pstats
+
+    with torch.no_grad():
+        model(ids, logits_to_keep=1)
+        torch.cuda.synchronize()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        model(ids, logits_to_keep=1)
+        profiler.disable()
+        torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return f"## L={ids.shape[1]}, {label}\n\n```\n{out.getvalue().strip()}\n```\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--profile", default="", help="lengths to profile one forward pass at (comma-separated)")
+    ap.add_argument("--host-profile", default="", help="lengths to profile the host's Python in one pass at "
+                    "(cProfile, comma-separated; written to host_profile.md)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import pandas as pd
@@ -109,9 +132,11 @@ def main() -> None:
         raise SystemExit(f"the corpus has only {len(tokens)} tokens")
     cfg = rr.RRConfig()
     profiled = {int(x) for x in args.profile.split(",") if x}
-    rows, summaries, kernels = [], [], []
+    host_profiled = {int(x) for x in args.host_profile.split(",") if x}
+    rows, summaries, kernels, host_profiles = [], [], [], []
     variants = {"sdpa": lambda: model.set_attn_implementation("sdpa"),
                 "rrattention": lambda: rr.hf.configure(model, cfg),
+                "rrattention_eager": lambda: rr.hf.configure(model, cfg, cuda_graphs=False),
                 "rrattention_graphs": lambda: rr.hf.configure(model, cfg, cuda_graphs=True)}
     for length in lengths:
         ids = tokens[:length][None].cuda()
@@ -122,19 +147,23 @@ def main() -> None:
                 switch()
                 summary, top = profile_forward(model, ids, name)
                 summaries.append(summary), kernels.extend(top)
+            if length in host_profiled:
+                switch()
+                host_profiles.append(host_profile(model, ids, name))
         rr.hf.configure(model, cfg)
         with rr.hf.collect_stats(model) as stats, torch.no_grad():
             model(ids, logits_to_keep=1)
         prefill = stats.prefill_records()
-        (dense_ms, dense_issue_ms, dense_logits), (sparse_ms, sparse_issue_ms, sparse_logits), \
-            (graphs_ms, graphs_issue_ms, graphs_logits) = timed.values()
-        row = dict(L=length, sdpa_ttft_ms=dense_ms, rrattention_ttft_ms=sparse_ms, speedup=dense_ms / sparse_ms,
-                   rrattention_graphs_ttft_ms=graphs_ms, speedup_graphs=dense_ms / graphs_ms,
-                   sparsity=stats.sparsity(), dense_calls=sum(r.is_dense for r in prefill) / len(prefill),
-                   nll_last512_sdpa=nll(dense_logits), nll_last512_rrattention=nll(sparse_logits),
-                   graphs_logits_equal=bool(torch.equal(graphs_logits, sparse_logits)),
-                   sdpa_host_issue_ms=dense_issue_ms, rrattention_host_issue_ms=sparse_issue_ms,
-                   rrattention_graphs_host_issue_ms=graphs_issue_ms)
+        dense_ms = timed["sdpa"][0]
+        row = dict(L=length, sdpa_ttft_ms=dense_ms)
+        for name in ("rrattention", "rrattention_eager", "rrattention_graphs"):
+            suffix = name.removeprefix("rrattention")
+            row[f"{name}_ttft_ms"] = timed[name][0]
+            row[f"speedup{suffix}"] = dense_ms / timed[name][0]
+        row.update(sparsity=stats.sparsity(), dense_calls=sum(r.is_dense for r in prefill) / len(prefill),
+                   nll_last512_sdpa=nll(timed["sdpa"][2]), nll_last512_rrattention=nll(timed["rrattention"][2]),
+                   graphs_logits_equal=bool(torch.equal(timed["rrattention_graphs"][2], timed["rrattention_eager"][2])),
+                   **{f"{name}_host_issue_ms": timed[name][1] for name in variants})
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     df = pd.DataFrame(rows)
@@ -151,6 +180,11 @@ def main() -> None:
         df.to_csv(args.out / "bench_prefill.csv", index=False)
         (args.out / "bench_prefill.md").write_text(
             f"# Prefill time-to-first-token\n\n{provenance}\n\n" + df.to_markdown(index=False, floatfmt=".3f") + "\n")
+    if host_profiles:
+        text = f"# The host's time in one forward pass (cProfile)\n\n{provenance}\n\n" + "\n".join(host_profiles)
+        print(text)
+        if args.out is not None:
+            (args.out / "host_profile.md").write_text(text)
     if summaries:
         text = (f"# One profiled forward pass\n\n{provenance}\n\n" + pd.DataFrame(summaries).to_markdown(index=False, floatfmt=".2f")
                 + "\n\nKernels that took the GPU time (top 8 per pass, self time):\n\n"

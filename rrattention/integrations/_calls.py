@@ -23,7 +23,7 @@ from ..stats import padded_stats
 from ..timing import StageTimer, stage
 
 STATE_ATTR = "rrattention_state"  # the attribute each attention layer of a configured model carries
-CUDA_GRAPHS = False  # the hooks' default for ``cuda_graphs``
+CUDA_GRAPHS = None  # the hooks' default for ``cuda_graphs``: replay short calls (AttentionPlan's None)
 
 
 @dataclass(frozen=True)
@@ -125,14 +125,14 @@ class ModelState:
     """A model's method settings, forced backend, active collector and plan cache, shared by its
     attention layers; ``tensor_parallel`` is ``(rank, size)`` of the mesh its layers are sharded on,
     when the hook has read it (None: not read yet); ``cuda_graphs``: the plans replay their sparse
-    calls as CUDA graphs (:mod:`rrattention.graphs`)."""
+    calls as CUDA graphs (:mod:`rrattention.graphs`; None: short calls only, as ``AttentionPlan``)."""
 
     cfg: AttentionConfig
     backend: str | None = None
     collector: StatsCollector | None = None
     plans: PlanCache = field(default_factory=PlanCache)
     tensor_parallel: tuple[int, int] | None = None
-    cuda_graphs: bool = CUDA_GRAPHS
+    cuda_graphs: bool | None = CUDA_GRAPHS
 
     config_json: str = field(init=False)  # cfg as the custom op's argument, made before any compiled call reads it
 
@@ -156,10 +156,10 @@ def method_config(cfg: AttentionConfig | None, method: str | None, backend: str 
 
 
 def attach(modules: Sequence, cfg: AttentionConfig, backend: str | None,
-           tensor_parallel: tuple[int, int] | None = None, cuda_graphs: bool = CUDA_GRAPHS) -> ModelState:
+           tensor_parallel: tuple[int, int] | None = None, cuda_graphs: bool | None = CUDA_GRAPHS) -> ModelState:
     """One state for all of a model's attention layers; an active collector carries over."""
-    if not isinstance(cuda_graphs, bool):
-        raise TypeError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+    if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+        raise TypeError(f"cuda_graphs must be True, False or None (replay short calls only), got {cuda_graphs!r}")
     previous = getattr(modules[0], STATE_ATTR, None)
     state = ModelState(cfg, backend, previous.collector if previous is not None else None,
                        tensor_parallel=tensor_parallel, cuda_graphs=cuda_graphs)

@@ -96,17 +96,18 @@ def encoder_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, method: str | None = None,
-              backend: str | None = None, cuda_graphs: bool = CUDA_GRAPHS, **settings) -> torch.nn.Module:
+              backend: str | None = None, cuda_graphs: bool | None = CUDA_GRAPHS, **settings) -> torch.nn.Module:
     """Attach a method's settings to a loaded model and switch its attention to ``"rrattention"``.
 
     ``cfg`` is an :class:`~rrattention.RRConfig` or another method's config; or name the method
     and give its settings: ``configure(model, method="xattention", tau=0.9)`` (default method
     ``rrattention``). Per-layer overrides and ``dense_layers`` come with the config. Calling it
     again replaces the settings in place (no reload); ``model.set_attn_implementation("sdpa")``
-    switches back. ``cuda_graphs=True`` replays each forward pass's sparse calls as CUDA graphs
+    switches back. ``cuda_graphs`` replays each forward pass's sparse calls as CUDA graphs
     (:mod:`rrattention.graphs`: the host then issues a copy, a replay and a copy per layer instead
-    of every kernel; it pays where a pass is host-bound, and holds one call's buffers per layout).
-    Returns the model.
+    of every kernel; it pays where a pass is host-bound, and holds one call's buffers per layout):
+    None (default) for calls with less dense work than ``rrattention.plan.GRAPH_MAX_DENSE_FLOPS``
+    (SmolLM2's 32K call), True for every sparse call, False never. Returns the model.
     """
     cfg = method_config(cfg, method, backend, settings)
     modules = attention_modules(model)
