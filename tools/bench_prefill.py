@@ -134,6 +134,25 @@ def main() -> None:
     profiled = {int(x) for x in args.profile.split(",") if x}
     host_profiled = {int(x) for x in args.host_profile.split(",") if x}
     rows, summaries, kernels, host_profiles = [], [], [], []
+    props = torch.cuda.get_device_properties(0)
+    commit = os.environ.get("RRATTENTION_GIT_COMMIT", "unknown")
+    provenance = (f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; git {commit}; "
+                  f"transformers {__import__('transformers').__version__}; date {datetime.date.today()}; "
+                  f"command: python {' '.join(map(shlex.quote, sys.argv))}; SmolLM2-135M-Instruct (GGUF Q4_1 "
+                  f"dequantised to bf16), B=1, rrattention {cfg.to_dict()}")
+
+    def save(rows):  # after every length: a run cut short keeps what it measured
+        if args.out is None:
+            return
+        args.out.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(rows)
+        table.to_csv(args.out / "bench_prefill.csv", index=False)
+        (args.out / "bench_prefill.md").write_text(
+            f"# Prefill time-to-first-token\n\n{provenance}\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+        if host_profiles:
+            (args.out / "host_profile.md").write_text(
+                f"# The host's time in one forward pass (cProfile)\n\n{provenance}\n\n" + "\n".join(host_profiles))
+
     variants = {"sdpa": lambda: model.set_attn_implementation("sdpa"),
                 "rrattention": lambda: rr.hf.configure(model, cfg),
                 "rrattention_eager": lambda: rr.hf.configure(model, cfg, cuda_graphs=False),
@@ -166,25 +185,12 @@ def main() -> None:
                    **{f"{name}_host_issue_ms": timed[name][1] for name in variants})
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        save(rows)
     df = pd.DataFrame(rows)
-    props = torch.cuda.get_device_properties(0)
-    commit = os.environ.get("RRATTENTION_GIT_COMMIT", "unknown")
-    provenance = (f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; git {commit}; "
-                  f"transformers {__import__('transformers').__version__}; date {datetime.date.today()}; "
-                  f"command: python {' '.join(map(shlex.quote, sys.argv))}; SmolLM2-135M-Instruct (GGUF Q4_1 "
-                  f"dequantised to bf16), B=1, rrattention {cfg.to_dict()}")
     print(df.to_string(index=False))
     print(provenance)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out / "bench_prefill.csv", index=False)
-        (args.out / "bench_prefill.md").write_text(
-            f"# Prefill time-to-first-token\n\n{provenance}\n\n" + df.to_markdown(index=False, floatfmt=".3f") + "\n")
     if host_profiles:
-        text = f"# The host's time in one forward pass (cProfile)\n\n{provenance}\n\n" + "\n".join(host_profiles)
-        print(text)
-        if args.out is not None:
-            (args.out / "host_profile.md").write_text(text)
+        print("\n".join(host_profiles))
     if summaries:
         text = (f"# One profiled forward pass\n\n{provenance}\n\n" + pd.DataFrame(summaries).to_markdown(index=False, floatfmt=".2f")
                 + "\n\nKernels that took the GPU time (top 8 per pass, self time):\n\n"
