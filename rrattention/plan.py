@@ -31,9 +31,10 @@ from .stats import RRStats, packed_stats, padded_stats
 from .timing import StageTimer, stage
 
 DENSE_BACKENDS = {"attention": "sdpa"}
-# cuda_graphs=None replays layouts with less dense work than SmolLM2's 32K call (H200,
-# results/prefill/h200/: its 16K prefill was host-bound, 0.90× SDPA eager and 1.00× replayed; at 32K
-# and above the pass is GPU-bound and the copies in and out cost more than the launches they save).
+# cuda_graphs=None replays layouts with less dense work than SmolLM2's 32K call. H200,
+# results/prefill/h200/: SmolLM2's 16K prefill was 0.90× SDPA eager and 1.005× replayed on a slow
+# host (host-bound), 1.07× and 1.04× on a fast one (GPU-bound: the copies cost device time); from 32K
+# the pass is GPU-bound on any host and replaying only adds the copies (1.28× vs 1.31×).
 GRAPH_MAX_DENSE_FLOPS = backends.causal_flops(1, 9, 32768, 32768, 64)
 
 
@@ -259,8 +260,8 @@ class PaddingPlan:
     """A padded batch with key padding: ``query_valid`` bool ``[B, Lq]``, ``key_valid`` ``[B, Lk]``
     (bottom-right causal among the valid tokens). The valid tokens of the rows that have queries are
     packed through a packed :class:`AttentionPlan` (``cuda_graphs`` as there), so padding never
-    influences a selection or an output; padding queries output zeros. The gather and scatter indices and the packed offsets are
-    computed here once (one host synchronisation), not per call.
+    influences a selection or an output; padding queries output zeros. The gather and scatter
+    indices and the packed offsets are computed here once (one host synchronisation), not per call.
 
     ``run`` takes ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]`` and returns ``[B, Lq, Hq, D]``.
     """
