@@ -49,23 +49,16 @@ def _layout(x: torch.Tensor) -> tuple:
     return x.shape, x.stride(), x.dtype, x.device
 
 
-def _eager_reason(tensors) -> str | None:
-    """Why a call on these tensors runs eagerly, even where its graph exists (None: it need not)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return "a tensor that requires grad"
-    if torch.cuda.is_current_stream_capturing():
-        return "the stream is being captured by the caller"
-    return None
+def _must_run_eagerly(tensors) -> bool:
+    """A call that runs eagerly even where its graph exists: it needs gradients, or the caller is
+    capturing the stream (its launches belong to the caller's graph)."""
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or torch.cuda.is_current_stream_capturing()
 
 
-def _capture_reason(tensors) -> str | None:
-    """Why these tensors cannot be captured from (None: they can). A misaligned input can still
-    replay a graph captured from aligned ones: it is copied into the graph's aligned buffers."""
-    if any(t.device.type != "cuda" for t in tensors):
-        return "not CUDA tensors"
-    if any(t.data_ptr() % 16 for t in tensors):
-        return "a tensor not 16-byte aligned"
-    return None
+def _capturable(tensors) -> bool:
+    """CUDA tensors, 16-byte aligned as the static buffers are. A misaligned call can still replay
+    a graph captured from aligned ones: it is copied into the graph's aligned buffers."""
+    return all(t.device.type == "cuda" and t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _static_like(x: torch.Tensor) -> torch.Tensor | None:
@@ -99,12 +92,12 @@ class CallGraphs:
         beside it (for a replay, what the captured call returned: the graph's tensors)."""
         inputs = (q, k, v)
         tensors = inputs if out is None else (*inputs, out)
-        if _eager_reason(tensors) is not None:
+        if _must_run_eagerly(tensors):
             return call(q, k, v, out)
         key = (signature, *map(_layout, inputs), None if out is None else _layout(out))
         captured = self._captured.get(key)
         if captured is None:
-            if key in self.declined or _capture_reason(tensors) is not None:
+            if key in self.declined or not _capturable(tensors):
                 return call(q, k, v, out)
             if key not in self._seen:  # compile and warm the launch caches outside any capture
                 self._seen.add(key)

@@ -60,8 +60,7 @@ def fake_cuda(monkeypatch):
     for name in ("CUDAGraph", "Stream", "stream", "current_stream"):
         monkeypatch.setattr(graphs.torch.cuda, name, getattr(fake, name))
     # CPU tensors stand in for CUDA ones; alignment is still checked
-    monkeypatch.setattr(graphs, "_capture_reason",
-                        lambda tensors: "a tensor not 16-byte aligned" if any(t.data_ptr() % 16 for t in tensors) else None)
+    monkeypatch.setattr(graphs, "_capturable", lambda tensors: all(t.data_ptr() % 16 == 0 for t in tensors))
     monkeypatch.setattr(graphs.torch.cuda, "is_current_stream_capturing", lambda: fake.capturing is not None)
     return fake
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rrattention as rr  # noqa: E402
 from rrattention import methods  # noqa: E402
+from rrattention.kernels._common import cdiv  # noqa: E402
 from rrattention.kernels.block_sparse_attention import block_sparse_attention as sparse_kernel  # noqa: E402
 from rrattention.kernels.estimate import estimate_block_scores  # noqa: E402
 from rrattention.kernels.flex_attention import block_sparse_attention as flex_sparse  # noqa: E402
@@ -117,17 +118,15 @@ def main() -> None:
         k = torch.randn(1, args.kv_heads, args.select, args.head_dim, device="cuda", dtype=torch.bfloat16)
         common = dict(stride=args.stride, block_size=args.block, head_shift="round_robin", scale=args.head_dim**-0.5)
         scores = estimate_block_scores(q, k, **common)
+        select_args = dict(q_len=args.select, k_len=args.select, block_size=args.block, tau=0.95,
+                           selector="top_tau", force_sink=True, force_diagonal=True, dense_last_query_block=True)
         times = {"estimate_exact_ms": bench(lambda: estimate_block_scores(q, k, **common)),
                  "estimate_fast_ms": bench(lambda: estimate_block_scores(q, k, precision="fast", **common)),
-                 "select_ms": bench(lambda: select_blocks(scores, q_len=args.select, k_len=args.select, block_size=args.block,
-                                                          tau=0.95, selector="top_tau", force_sink=True, force_diagonal=True,
-                                                          dense_last_query_block=True))}
+                 "select_ms": bench(lambda: select_blocks(scores, **select_args))}
         if args.compare_select:
             import importlib
 
             other = importlib.import_module(args.compare_select).select_blocks
-            select_args = dict(q_len=args.select, k_len=args.select, block_size=args.block, tau=0.95,
-                               selector="top_tau", force_sink=True, force_diagonal=True, dense_last_query_block=True)
             ours, theirs = select_blocks(scores, **select_args), other(scores, **select_args)
             times[f"select_{args.compare_select.rsplit('.', 1)[-1]}_ms"] = bench(lambda: other(scores, **select_args))
             identical = all(torch.equal(a, b) for a, b in zip(ours, theirs))
@@ -214,7 +213,7 @@ def main() -> None:
             torch.cuda.synchronize()
             row[f"{name}_extra_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             del result
-        row["scores_MiB"] = hq * (-(-length // block)) ** 2 * 4 / 2**20  # the fp32 [1, Hq, nbq, nbk] it returns
+        row["scores_MiB"] = hq * cdiv(length, block) ** 2 * 4 / 2**20  # the fp32 [1, Hq, nbq, nbk] it returns
         for splits in (1, 2, 3):
             row[f"estimate_splits{splits}_ms"] = bench(lambda: estimate_block_scores(
                 q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale, config={"SPLITS": splits}))
