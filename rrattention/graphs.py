@@ -5,11 +5,12 @@ and the attention (``AttentionPlan(cuda_graphs=True)``).
 A forward pass makes the same launches in every layer that shares the plan's layout and the same
 settings: only the tensors' addresses differ. :class:`CallGraphs` therefore keys a call by a
 *signature* (what the plan's layer will launch, :attr:`rrattention.plan.LayerPlan.graph_key`) and
-the shapes, strides and dtypes of its tensors. The first call of a key runs eagerly (it compiles the
-kernels and fills the plan's launch caches); the second captures the call on static input and
-output buffers, and every call from then on copies its inputs in, replays the graph and copies
-the output out. A capture that fails (a backend that synchronises with the host, say) leaves the
-key eager for the plan's life, with its reason in :attr:`CallGraphs.declined`.
+the shapes and strides of its tensors (their dtype and device are the plan's). The first call of a
+key runs eagerly (it compiles the kernels and fills the plan's launch caches); the second captures
+the call on static input and output buffers, and every call from then on copies its inputs in,
+replays the graph and copies the output out. A capture that fails (a backend that synchronises
+with the host, say) leaves the key eager for the plan's life, with its reason in
+:attr:`CallGraphs.declined`.
 
 What stays eager: CPU tensors; inputs that need gradients; calls made while the current stream
 is being captured already (a caller's own CUDA graph, ``torch.compile(mode="reduce-overhead")``:
@@ -46,7 +47,8 @@ class Captured:
 
 
 def _layout(x: torch.Tensor) -> tuple:
-    return x.shape, x.stride(), x.dtype, x.device
+    # dtype and device are the plan's: one plan's calls all have the same
+    return x.shape, x.stride()
 
 
 def _must_run_eagerly(tensors) -> bool:

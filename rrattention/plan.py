@@ -102,6 +102,8 @@ class AttentionPlan:
             cuda_graphs = self._layout_flops() < GRAPH_MAX_DENSE_FLOPS
         self.graphs = CallGraphs() if cuda_graphs and device.type == "cuda" and not time_stages else None
         self._layers: dict[int | None, LayerPlan] = {}
+        self._reasons = None if packed is not None else policy.LayerReasons(
+            cfg, q_len, k_len, head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
         self._sequences: list[AttentionPlan] | None = None  # a packed batch planned per sequence
         self._bound: dict[str, backends.Backend] | None = {} if bind_backends else None
 
@@ -121,6 +123,11 @@ class AttentionPlan:
                        stride=getattr(cfg, "stride", None), group=self.q_heads // self.kv_heads, varlen=varlen,
                        dense_flops=flops)
 
+    def dense_reason(self, layer: int | None) -> str | None:
+        """Why spec §6 runs ``layer``'s calls dense, or None (sparse; a packed layout decides per
+        sequence). Judged without planning the layer: a dense call needs nothing else from the plan."""
+        return None if self._reasons is None else self._reasons(layer)
+
     def layer_plan(self, layer: int | None) -> LayerPlan:
         planned = self._layers.get(layer)
         if planned is None:
@@ -131,8 +138,7 @@ class AttentionPlan:
         cfg = self.cfg.layer_config(layer)
         method = methods.for_config(cfg)
         if self.packed is None:
-            reason = policy.dense_reason(cfg, layer, self.q_len, self.k_len, head_dim=self.head_dim,
-                                         q_heads=self.q_heads, kv_heads=self.kv_heads)
+            reason = self.dense_reason(layer)
             if self.backend is not None:
                 backends.get(self.backend)  # a misspelt name fails even when the call runs dense
             if reason is not None:
@@ -282,17 +288,13 @@ class PaddingPlan:
         self.inner = AttentionPlan(cfg, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
                                    device=device, scale=scale, packed=packed, backend=backend, time_stages=time_stages,
                                    head_start=head_start, cuda_graphs=cuda_graphs)
-        self._reasons: dict[int | None, str | None] = {}
+        self._reasons = policy.LayerReasons(cfg, self.q_len, self.k_len, head_dim=head_dim, q_heads=q_heads,
+                                            kv_heads=kv_heads)
 
     def dense_reason(self, layer: int | None) -> str | None:
         """A policy of spec §6 that makes the whole call dense, judged on the padded lengths (one that
         applies applies to every sequence; packing would only run the kernels to find that out)."""
-        if layer not in self._reasons:
-            inner = self.inner
-            self._reasons[layer] = policy.dense_reason(inner.cfg.layer_config(layer), layer, self.q_len, self.k_len,
-                                                       head_dim=inner.head_dim, q_heads=inner.q_heads,
-                                                       kv_heads=inner.kv_heads)
-        return self._reasons[layer]
+        return self._reasons(layer)
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int | None = None) -> tuple[torch.Tensor, PlanRun]:
         packed = [x.transpose(1, 2)[index] for x, index in ((q, self.q_index), (k, self.k_index), (v, self.k_index))]

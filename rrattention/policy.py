@@ -42,3 +42,22 @@ def dense_layer_threshold(cfg: AttentionConfig, layer: int | None, head_dim: int
     if cfg.method == "full" or cfg.is_dense_layer(layer):
         return 2**31 - 1
     return min_sparse_len(cfg, head_dim, q_heads, kv_heads)
+
+
+class LayerReasons:
+    """:func:`dense_reason` of every layer for one call shape, judged once per distinct layer
+    setting: the layers without overrides that are not dense layers share one judgement, so a
+    forward pass whose calls all run dense asks the policy once, not once per layer."""
+
+    def __init__(self, cfg: AttentionConfig, q_len: int, k_len: int, *, head_dim: int, q_heads: int, kv_heads: int):
+        self._cfg, self._lengths = cfg, (q_len, k_len)
+        self._dims = dict(head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
+        self._reasons: dict = {}
+
+    def __call__(self, layer: int | None) -> str | None:
+        cfg = self._cfg
+        own = cfg.is_dense_layer(layer) or layer in cfg.layer_overrides
+        key = layer if own else "model-wide"
+        if key not in self._reasons:
+            self._reasons[key] = dense_reason(cfg.layer_config(layer), layer, *self._lengths, **self._dims)
+        return self._reasons[key]

@@ -1,11 +1,12 @@
-"""Host time per attention call on the sparse path: how long the CPU takes to issue one call.
+"""Host time per attention call, sparse and dense: how long the CPU takes to issue one call.
 
     python tools/bench_host.py --out results/prefill/h200/bench_host.md
 
-For each shape (B=1, Lq = Lk, bf16, sparse at every length), after warm-up and a synchronisation,
-``N`` calls are issued back to back and the wall time of issuing them is divided by ``N`` (the GPU
-queue never fills: N·4 launches stay under the driver's queue depth, and the GPU work of one call
-is listed beside it). Entry points, as available in the installed version of the package:
+For each shape (B=1, Lq = Lk, bf16, sparse at every length except in the dense entries), after
+warm-up and a synchronisation, ``N`` calls are issued back to back and the wall time of issuing them
+is divided by ``N`` (the GPU queue never fills: N·4 launches stay under the driver's queue depth,
+and the GPU work of one call is listed beside it). Entry points, as available in the installed
+version of the package:
 
 * ``rr_attention``: the public function (validation, planning, run);
 * ``plan.run``: a plan built once, run per call (what a model's layers do after the first), its
@@ -13,6 +14,9 @@ is listed beside it). Entry points, as available in the installed version of the
 * ``plan.run, Triton launch path``: the same with ``bind_backends=False`` (every launch through
   Triton's own argument binding: the cost the launch cache removes);
 * ``hf hook``: ``rr.hf.attention_forward`` on an attention module, as transformers calls it per layer;
+* ``hf hook, dense call`` and ``transformers SDPA``: the hook on a call that runs dense (``Lk`` below
+  ``min_sparse_len``, as every call of a short prompt) and transformers' own SDPA function that it
+  then calls (the difference is the hook's host cost on the dense path);
 * ``plan.run, CUDA graphs`` and ``hf hook, CUDA graphs``: the same with ``cuda_graphs=True``
   (:mod:`rrattention.graphs`: the inputs copied into the plan's static buffers, its graph replayed,
   the output copied out);
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rrattention as rr  # noqa: E402
 from rrattention.integrations import _calls  # noqa: E402
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
 SHAPES = [(9, 3, 64, 4096), (9, 3, 64, 16384), (32, 8, 128, 4096)]  # (Hq, Hkv, D, L): SmolLM2, Llama-3-8B
 
@@ -83,8 +88,12 @@ def main() -> None:
         module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
         _calls.attach([module], cfg, None, (0, 1))  # (0, 1): not tensor-parallel
         graphed_module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
+        dense_module = types.SimpleNamespace(layer_idx=3, num_key_value_groups=q_heads // kv_heads, is_causal=True)
+        _calls.attach([dense_module], rr.RRConfig(min_sparse_len=2 * length), None, (0, 1))
         entries = {"rr_attention": lambda: rr.rr_attention(q, k, v, cfg, layer=3),
-                   "hf hook": lambda: rr.hf.attention_forward(module, q, k, v, None)}
+                   "hf hook": lambda: rr.hf.attention_forward(module, q, k, v, None),
+                   "transformers SDPA": lambda: sdpa_attention_forward(dense_module, q, k, v, None),
+                   "hf hook, dense call": lambda: rr.hf.attention_forward(dense_module, q, k, v, None)}
         try:
             _calls.attach([graphed_module], cfg, None, (0, 1), cuda_graphs=True)
             entries["hf hook, CUDA graphs"] = lambda: rr.hf.attention_forward(graphed_module, q, k, v, None)

@@ -58,8 +58,9 @@ def random_mask(heads: int, length: int, block: int, density: float, seed: int) 
     return ((free & keep) | forced)[None]
 
 
-def sweep(length, hq, hkv, d, block, stride) -> None:
-    """Launch-config variants at one length, printed fastest first (to choose kernels/_common.py)."""
+def sweep(length, hq, hkv, d, block, stride, kernels) -> None:
+    """Launch-config variants of ``kernels`` at one length, printed fastest first with the default
+    config's time (to choose kernels/_common.py)."""
     import itertools
 
     q = torch.randn(1, hq, length, d, device="cuda", dtype=torch.bfloat16)
@@ -68,7 +69,8 @@ def sweep(length, hq, hkv, d, block, stride) -> None:
     mask = random_mask(hq, length, block, 0.5, seed=0)
     count, index = rr.to_kv_index(mask)
     results = []
-    for bm, bn, warps, stages in itertools.product([64, 128], [64, 128], [4, 8], [2, 3, 4]):
+    attention_configs = itertools.product([64, 128], [64, 128], [4, 8], [2, 3, 4]) if "attention" in kernels else []
+    for bm, bn, warps, stages in attention_configs:
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         try:
             t = bench(lambda: sparse_kernel(q, k, v, count, index, block_size=block, scale=d**-0.5, config=cfg))
@@ -76,7 +78,8 @@ def sweep(length, hq, hkv, d, block, stride) -> None:
             t = float("nan")
             print("attention", cfg, type(err).__name__)
         results.append(("attention", cfg, t))
-    for rows, bn, warps, stages in itertools.product([128, 256], [32, 64, 128], [4, 8], [1, 2, 3]):
+    estimate_configs = itertools.product([64, 128, 256], [64, 128], [4, 8], [1, 2]) if "estimate" in kernels else []
+    for rows, bn, warps, stages in estimate_configs:
         cfg = dict(ROWS=rows, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         try:
             t = bench(lambda: estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin",
@@ -85,9 +88,13 @@ def sweep(length, hq, hkv, d, block, stride) -> None:
             t = float("nan")
             print("estimate", cfg, type(err).__name__)
         results.append(("estimate", cfg, t))
-    for kernel in ("attention", "estimate"):
+    defaults = {"attention": lambda: sparse_kernel(q, k, v, count, index, block_size=block, scale=d**-0.5),
+                "estimate": lambda: estimate_block_scores(q, k, stride=stride, block_size=block,
+                                                          head_shift="round_robin", scale=d**-0.5)}
+    for kernel in kernels:
         rows = sorted((r for r in results if r[0] == kernel and r[2] == r[2]), key=lambda r: r[2])
-        print(f"{kernel} at L={length}, fastest first:")
+        print(f"{kernel} at L={length}, Hq={hq}, Hkv={hkv}, D={d}: default config {bench(defaults[kernel]):.3f} ms; "
+              "fastest first:")
         for _, cfg, t in rows[:8]:
             print(f"  {t:8.3f} ms  {cfg}")
 
@@ -110,6 +117,10 @@ def main() -> None:
     ap.add_argument("--compare-select", default="", metavar="MODULE",
                     help="with --select: also time MODULE's select_blocks (another version of the selection kernel) "
                          "on the same scores, and check that its outputs are identical")
+    ap.add_argument("--compare-estimate", default="", metavar="MODULE",
+                    help="with --select: also time MODULE's estimate_block_scores (another version of the estimator "
+                         "kernel) on the same inputs, and check that its scores are identical")
+    ap.add_argument("--sweep-kernels", default="attention,estimate", help="with --sweep: the kernels to sweep")
     args = ap.parse_args()
     import pandas as pd
 
@@ -123,6 +134,19 @@ def main() -> None:
         times = {"estimate_exact_ms": bench(lambda: estimate_block_scores(q, k, **common)),
                  "estimate_fast_ms": bench(lambda: estimate_block_scores(q, k, precision="fast", **common)),
                  "select_ms": bench(lambda: select_blocks(scores, **select_args))}
+        if args.compare_estimate:
+            import importlib
+
+            other_estimate = importlib.import_module(args.compare_estimate).estimate_block_scores
+            name = args.compare_estimate.rsplit('.', 1)[-1]
+            for precision in ("exact", "fast"):
+                times[f"estimate_{precision}_{name}_ms"] = bench(
+                    lambda: other_estimate(q, k, precision=precision, **common))
+                same = torch.equal(other_estimate(q, k, precision=precision, **common),
+                                   estimate_block_scores(q, k, precision=precision, **common))
+                print(f"estimator ({precision}) scores identical to {args.compare_estimate}: {same}")
+                if not same:
+                    raise SystemExit(1)
         if args.compare_select:
             import importlib
 
@@ -151,7 +175,8 @@ def main() -> None:
               + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items()))
         return
     if args.sweep:
-        sweep(args.sweep, args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride)
+        sweep(args.sweep, args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride,
+              args.sweep_kernels.split(","))
         return
 
     torch.manual_seed(0)

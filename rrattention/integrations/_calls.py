@@ -253,7 +253,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
                    dense: Callable[[], torch.Tensor], dense_name: str, causal: bool = True,
                    head_start: int = 0) -> torch.Tensor:
     """One call: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]`` (GQA not repeated) →
-    ``[B, Lq, Hq, D]``.
+    ``[B, Lq, Hq, D]``, contiguous when ``dense()``'s output is.
 
     ``mask`` is the framework's mask object as passed to the layer (None: causal, no padding);
     ``allowed()`` turns it into the bool "may attend" form ``[B, 1, Lq, Lk]`` when a plan is built.
@@ -273,12 +273,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     collect = state.collector is not None
     plan = (_plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing, head_start)
             if causal else NON_CAUSAL)
-    if isinstance(plan, MaskedDense):
-        reason = plan.reason
-    elif isinstance(plan, PaddingPlan):
-        reason = plan.dense_reason(layer)
-    else:
-        reason = plan.layer_plan(layer).dense_reason
+    reason = plan.reason if isinstance(plan, MaskedDense) else plan.dense_reason(layer)
     if reason is not None and not collect and not (mask is None and 1 < q_len < k_len):
         return dense()  # the common dense call (decode, short prompts): nothing else to do or record
     stats = None
@@ -293,8 +288,9 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     else:
         timer = StageTimer(query.device) if collect and state.collector.timing else None
         if mask is None and 1 < q_len < k_len and not isinstance(plan, MaskedDense):
-            run = plan.run(query, key, value, layer)
-            out, used, timings = run.out.transpose(1, 2), run.layer_plan.backends, run.timings_ms
+            out = query.new_empty(batch, q_len, heads, value.shape[-1])
+            run = plan.run(query, key, value, layer, out=out.transpose(1, 2))
+            used, timings = run.layer_plan.backends, run.timings_ms
         else:
             with stage(timer, "attention"):
                 out = dense()

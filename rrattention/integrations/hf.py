@@ -220,9 +220,9 @@ def _eager_forward(module, state, layer, causal, head_start, query, key, value, 
     def dense():
         return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
-    out = attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask), scaling,
-                         dense, "sdpa", causal=causal, head_start=head_start)
-    return out.contiguous()
+    # contiguous as transformers' SDPA returns it (attention_call's own outputs are)
+    return attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask),
+                          scaling, dense, "sdpa", causal=causal, head_start=head_start)
 
 
 # Statistics are read on the host: a compiled graph that collects them breaks here and runs this eagerly.

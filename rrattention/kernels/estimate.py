@@ -6,9 +6,9 @@ Two kernels:
   ``SPLITS`` terms in the input's 16-bit type (``hi + mid + lo``), so the logits below use the
   tensor cores yet equal fp32 logits: a bf16 ``q`` times a bf16 term is exact in fp32, and three
   bf16 terms hold the 24 bits of an fp32 mantissa (two fp16 terms hold 22).
-* ``_estimate_kernel``: one program per (sequence, KV head, chunk of ``BLOCK_M`` query strides)
-  stacks the sampled rows of all ``G`` query heads of the KV head (so each ``K̄`` tile is read
-  once per group), then makes two passes over the visible key strides: online max / sum of the
+* ``_estimate_kernel``: one program per (sequence, KV head, chunk of ``BLOCK_M`` query strides;
+  the longest chunks start first) stacks the sampled rows of all ``G`` query heads of the KV head
+  (so each ``K̄`` tile is read once per group), then makes two passes over the visible key strides: online max / sum of the
   softmax, then the normalised probabilities summed into ``Bk × Bk`` block scores. Only the block
   scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers.
 """
@@ -142,17 +142,19 @@ def _estimate_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
     stride_sb, stride_sh, stride_si,
-    q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start,
+    q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start, n_kv_heads, n_chunks,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
     R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
     ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     ROWS: tl.constexpr = GROUP_PAD * BLOCK_M
-    seq = tl.program_id(2)
-    kv_head = tl.program_id(1)
+    # Longest rows first: programs start in grid order, and a causal row chunk's work grows with its
+    # index, so the last chunks of every KV head go first and the short ones fill the tail.
+    seq = tl.program_id(1)
+    kv_head = tl.program_id(0) % n_kv_heads
+    m0 = (n_chunks - 1 - tl.program_id(0) // n_kv_heads) * BLOCK_M
     q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
-    m0 = tl.program_id(0) * BLOCK_M
     if m0 * STRIDE >= q_len:
         return
     delta = k_len - q_len
@@ -335,6 +337,7 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, 
     block_m = max(per_block, cfg.pop("ROWS") // group_pad)
     block_n = max(per_block, cfg.pop("BLOCK_N"))
     n_strides = cdiv(max_k, stride)
+    n_chunks = cdiv(cdiv(max_q, stride), block_m)  # of BLOCK_M query strides
     means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
     mean_strides = (kv_heads * n_strides * head_dim, n_strides * head_dim, head_dim)  # of one contiguous split
     block_s = 64
@@ -348,10 +351,11 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, 
         means_constexprs=dict(STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s,
                               SPLITS=splits, VARLEN=varlen),
         scores_shape=(num_seqs, q_heads, cdiv(max_q, block_size), cdiv(max_k, block_size)),
-        grid=(cdiv(cdiv(max_q, stride), block_m), kv_heads, num_seqs),
+        grid=(n_chunks * kv_heads, num_seqs),
         # antidiagonal: the means' strides are unused (the pointers are placeholders)
         leading_scalars=(*q_strides, *k_strides, *mean_strides),
-        trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash, head_start),
+        trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash, head_start, kv_heads,
+                          n_chunks),
         constexprs=dict(GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
                         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
                         SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,
