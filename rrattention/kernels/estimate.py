@@ -351,7 +351,7 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, 
         means_constexprs=dict(STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s,
                               SPLITS=splits, VARLEN=varlen),
         scores_shape=(num_seqs, q_heads, cdiv(max_q, block_size), cdiv(max_k, block_size)),
-        grid=(n_chunks * kv_heads, num_seqs),
+        grid=(n_chunks * kv_heads, num_seqs, 1),  # three entries: the launch cache reads grid[2]
         # antidiagonal: the means' strides are unused (the pointers are placeholders)
         leading_scalars=(*q_strides, *k_strides, *mean_strides),
         trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash, head_start, kv_heads,
