@@ -28,6 +28,17 @@ def test_a_plan_runs_every_layer_as_the_public_function_does():
     assert plan.run(q, k, v, 0, out=out).out is out and torch.equal(out, rr.rr_attention(q, k, v, CFG, layer=0))
 
 
+def test_dense_reasons_are_judged_per_layer_setting_without_planning_the_layer():
+    cfg = rr.RRConfig(stride=4, block_size=32, min_sparse_len=150, dense_layers=(1,),
+                      layer_overrides={2: {"min_sparse_len": 50}})
+    plan = rr.AttentionPlan(cfg, q_heads=4, kv_heads=2, head_dim=32, dtype=torch.float32, device=torch.device("cpu"),
+                            scale=32**-0.5, batch=1, q_len=100, k_len=100)
+    reasons = [plan.dense_reason(layer) for layer in (0, 1, 2, 3, None, 1, 2)]
+    assert reasons == ["Lk=100 < min_sparse_len=150", "layer 1 is in dense_layers", None,
+                       "Lk=100 < min_sparse_len=150", "Lk=100 < min_sparse_len=150", "layer 1 is in dense_layers", None]
+    assert [plan.layer_plan(layer).dense_reason for layer in (0, 1, 2)] == reasons[:3]
+
+
 def test_a_padding_plan_equals_each_sequence_alone():
     q, k, v = make_qkv(2, 4, 2, 180, 180, 32, seed=4)
     key_valid = torch.ones(2, 180, dtype=torch.bool)
