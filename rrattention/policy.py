@@ -52,12 +52,16 @@ class LayerReasons:
     def __init__(self, cfg: AttentionConfig, q_len: int, k_len: int, *, head_dim: int, q_heads: int, kv_heads: int):
         self._cfg, self._lengths = cfg, (q_len, k_len)
         self._dims = dict(head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
+        self._own = frozenset(cfg.dense_layers) | frozenset(cfg.layer_overrides)  # layers judged on their own
         self._reasons: dict = {}
 
     def __call__(self, layer: int | None) -> str | None:
-        cfg = self._cfg
-        own = cfg.is_dense_layer(layer) or layer in cfg.layer_overrides
-        key = layer if own else "model-wide"
-        if key not in self._reasons:
-            self._reasons[key] = dense_reason(cfg.layer_config(layer), layer, *self._lengths, **self._dims)
-        return self._reasons[key]
+        key = layer if layer in self._own else _MODEL_WIDE
+        try:
+            return self._reasons[key]
+        except KeyError:
+            reason = self._reasons[key] = dense_reason(self._cfg.layer_config(layer), layer, *self._lengths, **self._dims)
+            return reason
+
+
+_MODEL_WIDE = object()  # LayerReasons' key of the layers without a setting of their own

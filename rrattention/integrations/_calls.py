@@ -102,14 +102,19 @@ class PlanCache:
         self._size = size
         self._entries: OrderedDict[tuple, tuple] = OrderedDict()
 
-    def get(self, key: tuple, mask: Any, build: Callable[[], Any]) -> Any:
+    def lookup(self, key: tuple, mask: Any) -> Any:
+        """The plan stored for ``key`` and this very mask object (unchanged since), or None."""
         entry = self._entries.get(key)
-        if entry is not None:
-            ref, version, plan = entry
-            if mask is None or (ref is not None and ref() is mask and getattr(mask, "_version", None) == version):
-                self._entries.move_to_end(key)
-                return plan
-        plan = build()
+        if entry is None:
+            return None
+        ref, version, plan = entry
+        if mask is None or (ref is not None and ref() is mask and getattr(mask, "_version", None) == version):
+            self._entries.move_to_end(key)
+            return plan
+        return None
+
+    def store(self, key: tuple, mask: Any, plan: Any) -> Any:
+        """Keep ``plan`` for ``key`` and ``mask`` (the least recently used entry goes); returns it."""
         try:
             ref = None if mask is None else weakref.ref(mask)
         except TypeError:  # a mask type without weak references (some frameworks'): plan every call
@@ -225,27 +230,28 @@ class MaskedDense:
 NON_CAUSAL = MaskedDense("non-causal attention (encoder)")
 
 
-def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, mask: Any,
+def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, q_shape: torch.Size, mask: Any,
           allowed: Callable[[], torch.Tensor | None], scaling: float | None, timing: bool, head_start: int):
     """The call's plan: from the cache, or built (validating the shapes once, reading a mask once)."""
-    layout = (None if mask is None else id(mask), query.shape, key.shape, query.dtype, query.device, scaling, timing,
+    layout = (None if mask is None else id(mask), q_shape, key.shape, query.dtype, query.device, scaling, timing,
               head_start)
-
-    def build():
-        batch, q_heads, q_len, head_dim = query.shape
-        kv_heads, k_len = key.shape[1], key.shape[2]
-        check_qkv(query, key)
-        scale = check_scale(scaling, head_dim)
-        dims = dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=query.dtype, device=query.device,
-                    scale=scale, backend=state.backend, time_stages=timing, head_start=head_start,
-                    cuda_graphs=state.cuda_graphs)
-        may_attend = allowed() if mask is not None else None
-        if may_attend is None:
-            return AttentionPlan(state.cfg, batch=batch, q_len=q_len, k_len=k_len, **dims)
+    plan = state.plans.lookup(layout, mask)
+    if plan is not None:
+        return plan
+    batch, q_heads, q_len, head_dim = q_shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    check_qkv(query, key)
+    scale = check_scale(scaling, head_dim)
+    dims = dict(q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim, dtype=query.dtype, device=query.device,
+                scale=scale, backend=state.backend, time_stages=timing, head_start=head_start,
+                cuda_graphs=state.cuda_graphs)
+    may_attend = allowed() if mask is not None else None
+    if may_attend is None:
+        plan = AttentionPlan(state.cfg, batch=batch, q_len=q_len, k_len=k_len, **dims)
+    else:
         padding = padding_layout(may_attend, q_len, k_len)
-        return MaskedDense() if padding is None else PaddingPlan(state.cfg, *padding, **dims)
-
-    return state.plans.get(layout, mask, build)
+        plan = MaskedDense() if padding is None else PaddingPlan(state.cfg, *padding, **dims)
+    return state.plans.store(layout, mask, plan)
 
 
 def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -268,10 +274,11 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     first head): spec §2's offsets use global head indices. Appends a :class:`CallRecord` when a
     collector is active.
     """
-    batch, heads, q_len, _ = query.shape
+    q_shape = query.shape
+    batch, heads, q_len, _ = q_shape
     k_len = key.shape[2]
     collect = state.collector is not None
-    plan = (_plan(state, query, key, mask, allowed, scaling, collect and state.collector.timing, head_start)
+    plan = (_plan(state, query, key, q_shape, mask, allowed, scaling, collect and state.collector.timing, head_start)
             if causal else NON_CAUSAL)
     reason = plan.reason if isinstance(plan, MaskedDense) else plan.dense_reason(layer)
     if reason is not None and not collect and not (mask is None and 1 < q_len < k_len):

@@ -166,11 +166,12 @@ def _model_heads(module, layer: int | None) -> tuple[int, int]:
     return pick(q_heads), pick(kv_heads)
 
 
-def _head_shard(module, state, layer: int | None, q_heads: int, kv_heads: int) -> HeadShard:
+def _head_shard(module, state, layer: int | None, query: torch.Tensor, key: torch.Tensor) -> HeadShard:
     """The call's heads within the model's (spec §2 offsets use the global head index)."""
     rank, size = state.tensor_parallel or tensor_parallel_rank(module)
     if size == 1:
         return NOT_SHARDED
+    q_heads, kv_heads = query.shape[1], key.shape[1]
     total_q, total_kv = _model_heads(module, layer)
     shard = head_shard(rank=rank, size=size, local_q_heads=q_heads, local_kv_heads=kv_heads, total_q_heads=total_q,
                        total_kv_heads=total_kv)
@@ -184,9 +185,8 @@ def _head_shard(module, state, layer: int | None, q_heads: int, kv_heads: int) -
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The ``AttentionInterface`` function: query ``[B, Hq, Lq, D]``, key/value ``[B, Hkv, Lk, D]``
     (GQA not repeated) → ``([B, Lq, Hq, D], None)``."""
-    for feature in ("softcap", "s_aux", "cu_seq_lens_q"):  # transformers passes cu_seq_lens to flash backends only
-        if kwargs.get(feature) is not None:
-            raise ValueError(f"rrattention does not support attention with `{feature}` (model {type(module).__name__})")
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or kwargs.get("cu_seq_lens_q") is not None:
+        _unsupported(module, kwargs)
 
     state = module_state(module)
     layer = getattr(module, "layer_idx", None)
@@ -194,12 +194,12 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
     # an encoder's call runs dense: its heads' place in the model does not matter
-    head_start = _head_shard(module, state, layer, query.shape[1], key.shape[1]).head_start if causal else 0
+    head_start = _head_shard(module, state, layer, query, key).head_start if causal else 0
     if not torch.compiler.is_compiling():
         return _eager_forward(module, state, layer, causal, head_start, query, key, value, attention_mask, scaling,
-                              dropout, **kwargs), None
+                              dropout, kwargs), None
     if state.collector is None and not causal:
-        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs), None
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs), None
     if state.collector is None:
         # One opaque node of the compiled graph (integrations/custom_op.py): no graph break.
         out = torch.ops.rrattention.attention(query, key, value, attention_mask, state.config_json,
@@ -207,18 +207,24 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
                                               state.backend or "", head_start)
         return out, None
     return _eager_forward_outside_graph(module, state, layer, causal, head_start, query, key, value, attention_mask,
-                                        scaling, dropout, **kwargs), None
+                                        scaling, dropout, kwargs), None
 
 
-def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+def _unsupported(module, kwargs: dict):
+    # transformers passes cu_seq_lens to flash backends only
+    feature = next(f for f in ("softcap", "s_aux", "cu_seq_lens_q") if kwargs.get(f) is not None)
+    raise ValueError(f"rrattention does not support attention with `{feature}` (model {type(module).__name__})")
+
+
+def _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs: dict):
     """transformers' own SDPA attention ``[B, Lq, Hq, D]``, with the call's mask and flags."""
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
 
 def _eager_forward(module, state, layer, causal, head_start, query, key, value, attention_mask, scaling, dropout,
-                   **kwargs):
+                   kwargs: dict):
     def dense():
-        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs)
 
     # contiguous as transformers' SDPA returns it (attention_call's own outputs are)
     return attention_call(state, layer, query, key, value, attention_mask, lambda: allowed_mask(attention_mask),
