@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import platform
 import shlex
 import sys
@@ -135,8 +136,6 @@ def main() -> None:
                  "estimate_fast_ms": bench(lambda: estimate_block_scores(q, k, precision="fast", **common)),
                  "select_ms": bench(lambda: select_blocks(scores, **select_args))}
         if args.compare_estimate:
-            import importlib
-
             other_estimate = importlib.import_module(args.compare_estimate).estimate_block_scores
             name = args.compare_estimate.rsplit('.', 1)[-1]
             for precision in ("exact", "fast"):
@@ -148,8 +147,6 @@ def main() -> None:
                 if not same:
                     raise SystemExit(1)
         if args.compare_select:
-            import importlib
-
             other = importlib.import_module(args.compare_select).select_blocks
             ours, theirs = select_blocks(scores, **select_args), other(scores, **select_args)
             times[f"select_{args.compare_select.rsplit('.', 1)[-1]}_ms"] = bench(lambda: other(scores, **select_args))

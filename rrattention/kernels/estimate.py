@@ -8,9 +8,10 @@ Two kernels:
   bf16 terms hold the 24 bits of an fp32 mantissa (two fp16 terms hold 22).
 * ``_estimate_kernel``: one program per (sequence, KV head, chunk of ``BLOCK_M`` query strides;
   the longest chunks start first) stacks the sampled rows of all ``G`` query heads of the KV head
-  (so each ``K̄`` tile is read once per group), then makes two passes over the visible key strides: online max / sum of the
-  softmax, then the normalised probabilities summed into ``Bk × Bk`` block scores. Only the block
-  scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers.
+  (so each ``K̄`` tile is read once per group), then makes two passes over the visible key
+  strides: online max / sum of the softmax, then the normalised probabilities summed into
+  ``Bk × Bk`` block scores. Only the block scores are written; the ``(Lq/S) × (Lk/S)`` logits
+  never leave registers.
 """
 
 from __future__ import annotations
