@@ -79,6 +79,19 @@ def test_fp32_inputs_are_exact_in_either_mode():
     torch.testing.assert_close(got, exact, atol=2e-6, rtol=2e-6)
 
 
+@pytest.mark.parametrize("programs", [1, 2, 5, 1000])
+def test_estimator_scores_do_not_depend_on_how_many_persistent_programs_share_the_work(programs):
+    # 2 sequences × 2 KV heads × 5 row chunks: one program takes all 20 items, 1000 leave most idle
+    q, k, _ = make_qkv(2, 4, 2, 600, 600, 16, device=DEVICE, seed=4)
+    common = dict(stride=4, block_size=64, head_shift="round_robin", scale=0.25, exact_stride_causal=True)
+    want = rr.estimate_block_scores(q, k, rr.RRConfig(stride=4, block_size=64, exact_stride_causal=True),
+                                    backend="reference")
+    got = estimate_kernel(q, k, out=torch.full_like(want, float("nan")), config={**SMALL, "PROGRAMS": programs},
+                          **common)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+    assert torch.equal(got, estimate_kernel(q, k, config=SMALL, **common))
+
+
 @pytest.mark.parametrize(
     "selector, flags, tau",
     list(itertools.product(["top_tau", "forced_first"], [(True, True, True), (False, True, False), (False, False, False)], [0.6, 1.0])),

@@ -16,14 +16,14 @@ _CONFIGS = {
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
     },
     "estimate_antidiagonal": {
-        64: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1),
-        128: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1),
-        256: dict(ROWS=32, BLOCK_N=32, num_warps=4, num_stages=1),
+        64: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+        128: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+        256: dict(ROWS=32, BLOCK_N=32, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
     },
     "estimate": {
-        64: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=2),
-        128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1),
-        256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1),
+        64: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+        128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+        256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1, PROGRAMS_PER_SM=1),
     },
 }
 

@@ -138,99 +138,126 @@ def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, 
 
 @triton.jit
 def _estimate_kernel(
-    Q, K, Hi, Mid, Lo, Scores, CuSeqQ, CuSeqK,
+    Q, K, Hi, Mid, Lo, Scores, Partial, TileMax, CuSeqQ, CuSeqK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
     stride_sb, stride_sh, stride_si,
-    q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start, n_kv_heads, n_chunks,
+    q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start, n_kv_heads, n_chunks, num_seqs, n_tiles,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
     R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
     ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     ROWS: tl.constexpr = GROUP_PAD * BLOCK_M
-    # Longest rows first: programs start in grid order, and a causal row chunk's work grows with its
-    # index, so the last chunks of every KV head go first and the short ones fill the tail.
-    seq = tl.program_id(1)
-    kv_head = tl.program_id(0) % n_kv_heads
-    m0 = (n_chunks - 1 - tl.program_id(0) // n_kv_heads) * BLOCK_M
-    q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
-    if m0 * STRIDE >= q_len:
-        return
-    delta = k_len - q_len
-    n_key_strides = tl.cdiv(k_len, STRIDE)
-
-    # Stage 1 (§2): row (g, m) is query head kv_head·G + g sampling token m·S + r_h. (XAttention:
-    # row (g, m) is the whole query stride m, t its first token, visible up to its last query.)
+    TILE_BLOCKS: tl.constexpr = BLOCK_N // R
+    # Persistent: program p owns scratch slot p and takes work items (sequence, KV head, chunk of
+    # BLOCK_M query strides) in rounds of P items, longest causal chunks first, in snake order
+    # (p, then P-1-p) so that no program draws the longest item of every round.
+    programs = tl.num_programs(0)
+    slot = tl.program_id(0)
+    n_items = n_chunks * n_kv_heads * num_seqs
     rows = tl.arange(0, ROWS)
     group_idx = rows // BLOCK_M
-    head = kv_head * GROUP + group_idx
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    q_rows = Q + seq * stride_qb + head.to(tl.int64)[:, None] * stride_qh
-    if ANTIDIAGONAL:
-        t = (m0 + rows % BLOCK_M) * STRIDE
-        row_ok = (group_idx < GROUP) & (t < q_len)
-        last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
-        q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
-    else:
-        first_head = head_start + kv_head * GROUP
-        t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(first_head + group_idx, group_idx, first_head, layer_hash,
-                                                           POLICY, STRIDE, GROUP)
-        row_ok = (group_idx < GROUP) & (t < q_len)
-        last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
-        q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    k_rows = K + seq * stride_kb + kv_head * stride_kh
+    tile_cols = tl.arange(0, TILE_BLOCKS)
+    partial_rows = Partial + slot.to(tl.int64) * ROWS * n_tiles * TILE_BLOCKS + rows[:, None] * (n_tiles * TILE_BLOCKS)
+    tile_max_rows = TileMax + slot.to(tl.int64) * ROWS * n_tiles + rows * n_tiles
+    for round_ in range(0, tl.cdiv(n_items, programs)):
+        item = round_ * programs + tl.where(round_ % 2 == 0, slot, programs - 1 - slot)
+        kv_head = item % n_kv_heads
+        seq = (item // n_kv_heads) % num_seqs
+        m0 = (n_chunks - 1 - item // (n_kv_heads * num_seqs)) * BLOCK_M
+        q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
+        if (item < n_items) & (m0 * STRIDE < q_len):
+            delta = k_len - q_len
+            n_key_strides = tl.cdiv(k_len, STRIDE)
 
-    z_diag = tl.zeros([ROWS], tl.float32)
-    if EXACT:
-        # Diagonal stride restricted to keys ≤ t + δ (the others count as zero, divisor stays S).
-        visible_keys = (t + delta) % STRIDE + 1
-        for j in tl.static_range(STRIDE):
-            kj = tl.load(k_rows + (k_start + last_stride * STRIDE + j).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
-                         mask=(row_ok & (j < visible_keys))[:, None] & d_ok[None, :], other=0.0)
-            z_diag += tl.sum(q.to(tl.float32) * kj.to(tl.float32), 1)
-        z_diag = z_diag / STRIDE
+            # Stage 1 (§2): row (g, m) is query head kv_head·G + g sampling token m·S + r_h. (XAttention:
+            # row (g, m) is the whole query stride m, t its first token, visible up to its last query.)
+            head = kv_head * GROUP + group_idx
+            q_rows = Q + seq * stride_qb + head.to(tl.int64)[:, None] * stride_qh
+            if ANTIDIAGONAL:
+                t = (m0 + rows % BLOCK_M) * STRIDE
+                row_ok = (group_idx < GROUP) & (t < q_len)
+                last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
+                q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
+            else:
+                first_head = head_start + kv_head * GROUP
+                t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(first_head + group_idx, group_idx, first_head,
+                                                                   layer_hash, POLICY, STRIDE, GROUP)
+                row_ok = (group_idx < GROUP) & (t < q_len)
+                last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
+                q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
+                            mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            k_rows = K + seq * stride_kb + kv_head * stride_kh
 
-    mean_base = seq * stride_mb + kv_head * stride_mh + offs_d[None, :]
-    n_end = tl.max(last_stride) + 1
+            z_diag = tl.zeros([ROWS], tl.float32)
+            if EXACT:
+                # Diagonal stride restricted to keys ≤ t + δ (the others count as zero, divisor stays S).
+                visible_keys = (t + delta) % STRIDE + 1
+                for j in tl.static_range(STRIDE):
+                    kj = tl.load(k_rows + (k_start + last_stride * STRIDE + j).to(tl.int64)[:, None] * stride_kn
+                                 + offs_d[None, :], mask=(row_ok & (j < visible_keys))[:, None] & d_ok[None, :],
+                                 other=0.0)
+                    z_diag += tl.sum(q.to(tl.float32) * kj.to(tl.float32), 1)
+                z_diag = z_diag / STRIDE
 
-    # Stage 2, pass 1: row max and sum of the softmax over visible key strides (base 2). Tiles
-    # strictly before every valid row's diagonal stride need no causal mask (nor the rewrite of
-    # exact_stride_causal); rows that are not valid get weight 0 below.
-    n_unmasked = tl.min(tl.where(row_ok, last_stride, 2147483647)) // BLOCK_N * BLOCK_N
-    m_i = tl.full([ROWS], float("-inf"), tl.float32)
-    l_i = tl.zeros([ROWS], tl.float32)
-    for n0 in range(0, n_end, BLOCK_N):
-        z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag, n_unmasked,
-                         qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm, stride_kn,
-                         offs_d, BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL, DOT_PRECISION)
-        m_new = tl.maximum(m_i, tl.max(z, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(z - m_safe[:, None]), 1)
-        m_i = m_new
-    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-    inv_l = tl.where(row_ok & (l_i > 0.0), 1.0 / tl.where(l_i > 0.0, l_i, 1.0), 0.0)
+            mean_base = seq * stride_mb + kv_head * stride_mh + offs_d[None, :]
+            n_end = tl.max(last_stride) + 1
 
-    # Pass 2: normalised probabilities summed into block scores; every block of the rows is written.
-    n_key_blocks = tl.cdiv(k_len, R * STRIDE)
-    g3 = tl.arange(0, GROUP_PAD)[:, None, None]
-    qb3 = (m0 // R + tl.arange(0, BLOCK_M // R))[None, :, None]
-    out_rows = (g3 < GROUP) & (qb3 < tl.cdiv(q_len, R * STRIDE))
-    s_base = Scores + seq * stride_sb + (kv_head * GROUP + g3).to(tl.int64) * stride_sh + qb3.to(tl.int64) * stride_si
-    for n0 in range(0, n_key_blocks * R, BLOCK_N):
-        if n0 < n_end:
-            z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
-                             n_unmasked, qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm,
-                             stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL, DOT_PRECISION)
-            p = tl.exp2(z - m_safe[:, None]) * inv_l[:, None]
-            blocks = tl.sum(tl.sum(tl.reshape(p, [GROUP_PAD, BLOCK_M // R, R, BLOCK_N // R, R]), axis=4), axis=2)
-        else:
-            blocks = tl.zeros([GROUP_PAD, BLOCK_M // R, BLOCK_N // R], tl.float32)
-        kb3 = (n0 // R + tl.arange(0, BLOCK_N // R))[None, None, :]
-        tl.store(s_base + kb3, blocks, mask=out_rows & (kb3 < n_key_blocks))
+            # Stage 2 in one pass over the visible key strides (base 2): each tile's probabilities,
+            # relative to the rows' running max, summed over the keys of each Bk block into the slot's
+            # scratch with that max beside them. Tiles strictly before every valid row's diagonal
+            # stride need no causal mask (nor the rewrite of exact_stride_causal).
+            n_unmasked = tl.min(tl.where(row_ok, last_stride, 2147483647)) // BLOCK_N * BLOCK_N
+            m_i = tl.full([ROWS], float("-inf"), tl.float32)
+            l_i = tl.zeros([ROWS], tl.float32)
+            for n0 in range(0, n_end, BLOCK_N):
+                z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
+                                 n_unmasked, qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len,
+                                 stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL,
+                                 DOT_PRECISION)
+                m_new = tl.maximum(m_i, tl.max(z, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                partial = tl.sum(tl.reshape(tl.exp2(z - m_safe[:, None]), [ROWS, TILE_BLOCKS, R]), axis=2)
+                l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(partial, 1)
+                m_i = m_new
+                tl.store(partial_rows + (n0 // R + tile_cols)[None, :], partial)
+                tl.store(tile_max_rows + n0 // BLOCK_N, m_new)
+            tl.debug_barrier()  # the scratch is read back below by other threads of this program
+
+            # Rescale each tile to the rows' final max, normalise, and sum the R rows of each query
+            # block; every block of the rows is written, zeros past the last visible stride.
+            m_final = tl.where(m_i == float("-inf"), 0.0, m_i)
+            inv_l = tl.where(row_ok & (l_i > 0.0), 1.0 / tl.where(l_i > 0.0, l_i, 1.0), 0.0)
+            n_key_blocks = tl.cdiv(k_len, R * STRIDE)
+            g3 = tl.arange(0, GROUP_PAD)[:, None, None]
+            qb3 = (m0 // R + tl.arange(0, BLOCK_M // R))[None, :, None]
+            out_rows = (g3 < GROUP) & (qb3 < tl.cdiv(q_len, R * STRIDE))
+            s_base = (Scores + seq * stride_sb + (kv_head * GROUP + g3).to(tl.int64) * stride_sh
+                      + qb3.to(tl.int64) * stride_si)
+            for n0 in range(0, n_key_blocks * R, BLOCK_N):
+                if n0 < n_end:
+                    # exp2(−inf) = 0 where a row saw nothing up to this tile: its final max is at least the tile's
+                    weight = tl.exp2(tl.load(tile_max_rows + n0 // BLOCK_N) - m_final) * inv_l
+                    p = tl.load(partial_rows + (n0 // R + tile_cols)[None, :]) * weight[:, None]
+                    blocks = tl.sum(tl.reshape(p, [GROUP_PAD, BLOCK_M // R, R, TILE_BLOCKS]), axis=2)
+                else:
+                    blocks = tl.zeros([GROUP_PAD, BLOCK_M // R, TILE_BLOCKS], tl.float32)
+                kb3 = (n0 // R + tile_cols)[None, None, :]
+                tl.store(s_base + kb3, blocks, mask=out_rows & (kb3 < n_key_blocks))
+            tl.debug_barrier()  # the next item overwrites the scratch
+
+
+@functools.lru_cache(maxsize=16)
+def _multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; 3 under the CPU interpreter, where the persistent
+    programs run one after another (three make the snake order's rounds reachable by small tests)."""
+    if device.type != "cuda":
+        return 3
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _splits(dtype: torch.dtype) -> int:
@@ -277,7 +304,8 @@ def estimate_block_scores(
     k = k if k.stride(-1) == 1 else k.contiguous()
     overrides = {"SPLITS": 1, **(config or {})} if precision == "fast" else (config or {})
     geo = _estimate_geometry(
-        q.shape, q.stride(), k.shape, k.stride(), q.dtype, cu_seqlens_q.numel() - 1 if varlen else None,
+        q.shape, q.stride(), k.shape, k.stride(), q.dtype, _multiprocessors(q.device),
+        cu_seqlens_q.numel() - 1 if varlen else None,
         max_seqlen_q, max_seqlen_k, stride, block_size, head_shift, scale,
         random_layer_hash(seed, layer) if head_shift == "random" else 0, head_start, exact_stride_causal, antidiagonal,
         tuple(sorted(overrides.items())),
@@ -291,9 +319,11 @@ def estimate_block_scores(
                geo.means_scalars, geo.means_constexprs, launches)
     if out is None:
         out = (torch.zeros if varlen else torch.empty)(geo.scores_shape, dtype=torch.float32, device=q.device)
+    scratch = torch.empty(geo.scratch_numel, dtype=torch.float32, device=q.device)
+    partial, tile_max = scratch.split([geo.scratch_numel - geo.tile_max_numel, geo.tile_max_numel])
     dummy = means[0]
     launch(_estimate_kernel, geo.grid,
-           (q, k, *means, out, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy),
+           (q, k, *means, out, partial, tile_max, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy),
            (*geo.leading_scalars, *out.stride()[:3], *geo.trailing_scalars), geo.constexprs, launches)
     return out
 
@@ -307,6 +337,8 @@ class _EstimateGeometry(NamedTuple):
     means_scalars: tuple
     means_constexprs: dict
     scores_shape: tuple
+    scratch_numel: int  # fp32 elements of the programs' scratch: per-block partial sums, then tile maxima
+    tile_max_numel: int
     grid: tuple
     leading_scalars: tuple  # the estimator's scalars before the scores' strides
     trailing_scalars: tuple  # and after them
@@ -314,7 +346,7 @@ class _EstimateGeometry(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
-def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, max_seqlen_q, max_seqlen_k, stride,
+def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocessors, num_packed, max_seqlen_q, max_seqlen_k, stride,
                        block_size, head_shift, scale, layer_hash, head_start, exact_stride_causal, antidiagonal,
                        config) -> _EstimateGeometry:
     varlen = num_packed is not None
@@ -339,6 +371,11 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, 
     block_n = max(per_block, cfg.pop("BLOCK_N"))
     n_strides = cdiv(max_k, stride)
     n_chunks = cdiv(cdiv(max_q, stride), block_m)  # of BLOCK_M query strides
+    per_multiprocessor = cfg.pop("PROGRAMS_PER_SM")
+    programs = min(n_chunks * kv_heads * num_seqs, cfg.pop("PROGRAMS", multiprocessors * per_multiprocessor))
+    n_tiles = cdiv(cdiv(max_k, stride), block_n)
+    rows = group_pad * block_m
+    tile_max_numel = programs * rows * n_tiles
     means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
     mean_strides = (kv_heads * n_strides * head_dim, n_strides * head_dim, head_dim)  # of one contiguous split
     block_s = 64
@@ -352,13 +389,16 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, num_packed, 
         means_constexprs=dict(STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s,
                               SPLITS=splits, VARLEN=varlen),
         scores_shape=(num_seqs, q_heads, cdiv(max_q, block_size), cdiv(max_k, block_size)),
-        grid=(n_chunks * kv_heads, num_seqs, 1),  # three entries: the launch cache reads grid[2]
+        scratch_numel=tile_max_numel * (1 + block_n // per_block),
+        tile_max_numel=tile_max_numel,
+        grid=(programs, 1, 1),  # three entries: the launch cache reads grid[2]
         # antidiagonal: the means' strides are unused (the pointers are placeholders)
         leading_scalars=(*q_strides, *k_strides, *mean_strides),
         trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash, head_start, kv_heads,
-                          n_chunks),
+                          n_chunks, num_seqs, n_tiles),
         constexprs=dict(GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
                         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
                         SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,
-                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype), **cfg),
+                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype),
+                        **cfg),
     )
