@@ -6,12 +6,17 @@ Two kernels:
   ``SPLITS`` terms in the input's 16-bit type (``hi + mid + lo``), so the logits below use the
   tensor cores yet equal fp32 logits: a bf16 ``q`` times a bf16 term is exact in fp32, and three
   bf16 terms hold the 24 bits of an fp32 mantissa (two fp16 terms hold 22).
-* ``_estimate_kernel``: one program per (sequence, KV head, chunk of ``BLOCK_M`` query strides;
-  the longest chunks start first) stacks the sampled rows of all ``G`` query heads of the KV head
-  (so each ``K̄`` tile is read once per group), then makes two passes over the visible key
-  strides: online max / sum of the softmax, then the normalised probabilities summed into
-  ``Bk × Bk`` block scores. Only the block scores are written; the ``(Lq/S) × (Lk/S)`` logits
-  never leave registers.
+* ``_estimate_kernel``: persistent programs, a few per multiprocessor, each taking work items
+  (sequence, KV head, chunk of ``BLOCK_M`` query strides), longest causal chunks first. An item
+  stacks the sampled rows of all ``G`` query heads of the KV head (so each ``K̄`` tile is read
+  once per group) and makes one pass over the visible key strides: each tile's logits are computed
+  once, and their probabilities relative to the rows' running max are summed per key block into
+  the program's scratch, with that max beside them (``ROWS × Lk/Bk`` sums per program, in L2 or
+  HBM). At the item's end they are rescaled to the final max and normaliser and summed over the
+  ``R`` rows of each query block. Only the block scores are written; the ``(Lq/S) × (Lk/S)``
+  logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
+  scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
+  (``results/kernels/h200/estimate_onepass.md``).
 """
 
 from __future__ import annotations
@@ -293,7 +298,10 @@ def estimate_block_scores(
     ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
     ``precision="fast"`` holds the stride means in one 16-bit term (``SPLITS=1``) instead of the
     exact two or three. ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``,
-    warps, stages).
+    warps, stages, ``PROGRAMS_PER_SM``, or ``PROGRAMS``: the number of persistent programs). Beside
+    the means (``SPLITS × Lk/S × D`` per KV head and sequence) the launch takes a scratch of
+    ``programs × ROWS × ⌈Lk/S / BLOCK_N⌉ × (BLOCK_N·S/Bk + 1)`` fp32 values (148.5 MiB at 128K
+    tokens with the H200's 264 programs of 128 rows and ``BLOCK_N=128``).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
     ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
     launch cache (:mod:`rrattention.kernels._launch`). ``head_start``: the
