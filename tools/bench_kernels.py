@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--sweep", type=int, default=0, metavar="L",
                     help="only time launch-config variants of both kernels at length L and exit")
     ap.add_argument("--select", type=int, default=0, metavar="L",
-                    help="only time the estimator (exact and fast) and the selection at length L and exit")
+                    help="only time the estimator (exact, fast, and XAttention's antidiagonal mode) and the "
+                         "selection at length L and exit")
     ap.add_argument("--compare-select", default="", metavar="MODULE",
                     help="with --select: also time MODULE's select_blocks (another version of the selection kernel) "
                          "on the same scores, and check that its outputs are identical")
@@ -144,19 +145,20 @@ def main() -> None:
         scores = estimate_block_scores(q, k, **common)
         select_args = dict(q_len=args.select, k_len=args.select, block_size=args.block, tau=0.95,
                            selector="top_tau", force_sink=True, force_diagonal=True, dense_last_query_block=True)
-        times = {"estimate_exact_ms": bench(lambda: estimate_block_scores(q, k, **common)),
-                 "estimate_fast_ms": bench(lambda: estimate_block_scores(q, k, precision="fast", **common)),
-                 "select_ms": bench(lambda: select_blocks(scores, **select_args))}
+        modes = {"exact": dict(precision="exact"), "fast": dict(precision="fast"),
+                 "antidiagonal": dict(antidiagonal=True)}  # the last: XAttention's stride scores
+        times = {f"estimate_{mode}_ms": bench(lambda: estimate_block_scores(q, k, **kwargs, **common))
+                 for mode, kwargs in modes.items()}
+        times["select_ms"] = bench(lambda: select_blocks(scores, **select_args))
         if args.compare_estimate:
             other_estimate = importlib.import_module(args.compare_estimate).estimate_block_scores
             name = args.compare_estimate.rsplit('.', 1)[-1]
-            for precision in ("exact", "fast"):
-                times[f"estimate_{precision}_{name}_ms"] = bench(
-                    lambda: other_estimate(q, k, precision=precision, **common))
-                theirs = other_estimate(q, k, precision=precision, **common)
-                ours = estimate_block_scores(q, k, precision=precision, **common)
+            for mode, kwargs in modes.items():
+                times[f"estimate_{mode}_{name}_ms"] = bench(lambda: other_estimate(q, k, **kwargs, **common))
+                theirs = other_estimate(q, k, **kwargs, **common)
+                ours = estimate_block_scores(q, k, **kwargs, **common)
                 same = torch.equal(ours, theirs)
-                print(f"estimator ({precision}) scores identical to {args.compare_estimate}: {same}")
+                print(f"estimator ({mode}) scores identical to {args.compare_estimate}: {same}")
                 if not same:
                     # A reordered summation: the scores may differ by rounding, and the masks only
                     # where the other version's scores sit within the reference's tolerance of a cut.
@@ -191,9 +193,8 @@ def main() -> None:
                           f"{torch.equal(counts[0], got[1]) and torch.equal(counts[1], got[2])}")
                     if unexplained:
                         raise SystemExit(1)
-        for precision in ("exact", "fast"):
-            times[f"estimate_{precision}_extra_MiB"] = peak_extra_mib(
-                lambda: estimate_block_scores(q, k, precision=precision, **common))
+        for mode, kwargs in modes.items():
+            times[f"estimate_{mode}_extra_MiB"] = peak_extra_mib(lambda: estimate_block_scores(q, k, **kwargs, **common))
         times["scores_MiB"] = scores.numel() * 4 / 2**20
         props = torch.cuda.get_device_properties(0)
         print(f"{props.name}; torch {torch.__version__}; triton {triton.__version__}; {datetime.date.today()}; "
