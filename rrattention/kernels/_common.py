@@ -7,7 +7,8 @@ import triton
 import triton.language as tl
 
 # (kernel, head_dim) -> launch parameters, chosen by tools/bench_kernels.py --sweep (on an H100; the
-# estimator's D=64 entry on the H200, results/kernels/h200/estimate_sweep.md).
+# estimator's D=64 and D=128 entries, PROGRAMS_PER_SM included, on the H200 for its one-pass kernel,
+# results/kernels/h200/estimate_onepass.md; its D=256 and antidiagonal PROGRAMS_PER_SM are not swept).
 # Under the CPU interpreter the values only set tile shapes; smaller tiles run faster there.
 _CONFIGS = {
     "attention": {

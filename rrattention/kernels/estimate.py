@@ -354,9 +354,9 @@ class _EstimateGeometry(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
-def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocessors, num_packed, max_seqlen_q, max_seqlen_k, stride,
-                       block_size, head_shift, scale, layer_hash, head_start, exact_stride_causal, antidiagonal,
-                       config) -> _EstimateGeometry:
+def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocessors, num_packed, max_seqlen_q,
+                       max_seqlen_k, stride, block_size, head_shift, scale, layer_hash, head_start, exact_stride_causal,
+                       antidiagonal, config) -> _EstimateGeometry:
     varlen = num_packed is not None
     head_dim = q_shape[-1]
     if varlen:
@@ -381,7 +381,7 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
     n_chunks = cdiv(cdiv(max_q, stride), block_m)  # of BLOCK_M query strides
     per_multiprocessor = cfg.pop("PROGRAMS_PER_SM")
     programs = min(n_chunks * kv_heads * num_seqs, cfg.pop("PROGRAMS", multiprocessors * per_multiprocessor))
-    n_tiles = cdiv(cdiv(max_k, stride), block_n)
+    n_tiles = cdiv(n_strides, block_n)
     rows = group_pad * block_m
     tile_max_numel = programs * rows * n_tiles
     means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
@@ -407,6 +407,5 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
         constexprs=dict(GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
                         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
                         SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,
-                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype),
-                        **cfg),
+                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype), **cfg),
     )
