@@ -145,6 +145,7 @@ def main() -> None:
         scores = estimate_block_scores(q, k, **common)
         select_args = dict(q_len=args.select, k_len=args.select, block_size=args.block, tau=0.95,
                            selector="top_tau", force_sink=True, force_diagonal=True, dense_last_query_block=True)
+        select_cfg = rr.RRConfig(stride=args.stride, block_size=args.block, tau=0.95)  # select_args as a config
         modes = {"exact": dict(precision="exact"), "fast": dict(precision="fast"),
                  "antidiagonal": dict(antidiagonal=True)}  # the last: XAttention's stride scores
         times = {f"estimate_{mode}_ms": bench(lambda: estimate_block_scores(q, k, **kwargs, **common))
@@ -165,10 +166,9 @@ def main() -> None:
                     from gpu_check import unexplained_mask_differences
 
                     error = float(((ours - theirs).abs().amax(-1) / theirs.sum(-1).clamp(min=1e-30)).max())
-                    cfg = rr.RRConfig(stride=args.stride, block_size=args.block, tau=0.95)
                     want = select_blocks(theirs, **select_args)[0]
                     n_diff, unexplained = unexplained_mask_differences(
-                        select_blocks(ours, **select_args)[0], want, theirs, cfg, args.select, args.select)
+                        select_blocks(ours, **select_args)[0], want, theirs, select_cfg, args.select, args.select)
                     print(f"  largest score difference {error:.2e} of a row's mass; masks differ in {n_diff} of "
                           f"{want.numel()} blocks, {unexplained} not explained by the reference's fp tolerance")
                     if error > 1e-5 or unexplained:
@@ -183,10 +183,10 @@ def main() -> None:
                 # Both against the reference: differences that its fp tolerance explains are summation order.
                 from gpu_check import unexplained_mask_differences
 
-                cfg = rr.RRConfig(stride=args.stride, block_size=args.block, tau=0.95)
-                want = rr.select_blocks(scores, cfg, q_len=args.select, k_len=args.select, backend="reference")
+                want = rr.select_blocks(scores, select_cfg, q_len=args.select, k_len=args.select, backend="reference")
                 for label, got in (("this", ours), (args.compare_select, theirs)):
-                    n_diff, unexplained = unexplained_mask_differences(got[0], want, scores, cfg, args.select, args.select)
+                    n_diff, unexplained = unexplained_mask_differences(got[0], want, scores, select_cfg, args.select,
+                                                                       args.select)
                     counts = rr.to_kv_index(got[0])
                     print(f"{label} vs the reference: {n_diff} differing blocks of {want.numel()} "
                           f"({unexplained} not explained by fp tolerance); compact form consistent with its mask: "
