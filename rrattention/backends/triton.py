@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import EstimatorSettings, KernelBackend, Packed, Problem, STAGES, Selection, SelectionSettings
+from .base import EstimatorSettings, KernelBackend, Packed, STAGES, Selection, SelectionSettings
 
 
 def _packed_args(packed: Packed | None) -> dict:
@@ -22,15 +22,6 @@ class TritonBackend(KernelBackend):
     max_head_dim = 256
     block_sizes = frozenset({64, 128})
     requires = ("triton",)
-
-    def limits(self, stage: str, problem: Problem) -> list[str]:
-        if stage != "estimate" or problem.group is None or problem.stride is None:
-            return []
-        # One estimator program stacks the sampled rows of a whole KV group: the tile must fit registers.
-        rows = (1 << max(0, (problem.group - 1).bit_length())) * (problem.block_size // problem.stride)
-        if rows > 512:
-            return [f"pow2(G)·block_size/stride = {rows} sampled rows per query block exceed the 512-row tile"]
-        return []
 
     def rr_scores(self, q, k, settings: EstimatorSettings, packed: Packed | None = None) -> torch.Tensor:
         from ..kernels.estimate import estimate_block_scores

@@ -7,12 +7,12 @@ Two kernels:
   tensor cores yet equal fp32 logits: a bf16 ``q`` times a bf16 term is exact in fp32, and three
   bf16 terms hold the 24 bits of an fp32 mantissa (two fp16 terms hold 22).
 * ``_estimate_kernel``: persistent programs, a few per multiprocessor, each taking work items
-  (sequence, KV head, chunk of ``BLOCK_M`` query strides), longest causal chunks first. An item
-  stacks the sampled rows of all ``G`` query heads of the KV head (so each ``K̄`` tile is read
-  once per group) and makes one pass over the visible key strides: each tile's logits are computed
-  once, and their probabilities relative to the rows' running max are summed per key block into
-  the program's scratch, with that max beside them (``ROWS × Lk/Bk`` sums per program, in L2 or
-  HBM). At the item's end they are rescaled to the final max and normaliser and summed over the
+  (sequence, KV head, chunk of ``ROWS / R`` (query block, query head) pairs of the KV group),
+  longest causal chunks first. An item stacks the ``R`` sampled rows of each of its pairs, so
+  each ``K̄`` tile is read once for all ``G`` heads of the group, and makes one pass over the
+  visible key strides: each tile's logits are computed once, and their probabilities relative to
+  the rows' running max are summed per key block into the program's scratch, with that max beside
+  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM). At the item's end they are rescaled to the final max and normaliser and summed over the
   ``R`` rows of each query block. Only the block scores are written; the ``(Lq/S) × (Lk/S)``
   logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
   scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
@@ -149,21 +149,23 @@ def _estimate_kernel(
     stride_mb, stride_mh, stride_mn,
     stride_sb, stride_sh, stride_si,
     q_len_fixed, k_len_fixed, qk_scale, layer_hash, head_start, n_kv_heads, n_chunks, num_seqs, n_tiles,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr,
-    R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr,
-    ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr, R: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr, ANTIDIAGONAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    ROWS: tl.constexpr = GROUP_PAD * BLOCK_M
+    PAIRS: tl.constexpr = ROWS // R
     TILE_BLOCKS: tl.constexpr = BLOCK_N // R
     # Persistent: program p owns scratch slot p and takes work items (sequence, KV head, chunk of
-    # BLOCK_M query strides) in rounds of P items, longest causal chunks first, in snake order
-    # (p, then P-1-p) so that no program draws the longest item of every round.
+    # PAIRS (query block, query head) pairs of the KV group, query block major) in rounds of P
+    # items, longest causal chunks first, in snake order (p, then P-1-p) so that no program draws
+    # the longest item of every round. Pairs rather than a (head, stride) grid: a group of G query
+    # heads fills the rows whether G is a power of two or not.
     programs = tl.num_programs(0)
     slot = tl.program_id(0)
     n_items = n_chunks * n_kv_heads * num_seqs
     rows = tl.arange(0, ROWS)
-    group_idx = rows // BLOCK_M
+    pairs = tl.arange(0, PAIRS)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     tile_cols = tl.arange(0, TILE_BLOCKS)
@@ -173,26 +175,29 @@ def _estimate_kernel(
         item = round_ * programs + tl.where(round_ % 2 == 0, slot, programs - 1 - slot)
         kv_head = item % n_kv_heads
         seq = (item // n_kv_heads) % num_seqs
-        m0 = (n_chunks - 1 - item // (n_kv_heads * num_seqs)) * BLOCK_M
+        pair0 = (n_chunks - 1 - item // (n_kv_heads * num_seqs)) * PAIRS
         q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
-        if (item < n_items) & (m0 * STRIDE < q_len):
+        if (item < n_items) & (pair0 // GROUP * R * STRIDE < q_len):
             delta = k_len - q_len
             n_key_strides = tl.cdiv(k_len, STRIDE)
 
-            # Stage 1 (§2): row (g, m) is query head kv_head·G + g sampling token m·S + r_h. (XAttention:
-            # row (g, m) is the whole query stride m, t its first token, visible up to its last query.)
+            # Stage 1 (§2): row j of pair (query block b, head g) is query head kv_head·G + g sampling
+            # token m·S + r_h of query stride m = b·R + j. (XAttention: the whole query stride m, t
+            # its first token, visible up to its last query.) A valid row's block b is valid.
+            group_idx = (pair0 + rows // R) % GROUP
+            m = (pair0 + rows // R) // GROUP * R + rows % R
             head = kv_head * GROUP + group_idx
             q_rows = Q + seq * stride_qb + head.to(tl.int64)[:, None] * stride_qh
             if ANTIDIAGONAL:
-                t = (m0 + rows % BLOCK_M) * STRIDE
-                row_ok = (group_idx < GROUP) & (t < q_len)
+                t = m * STRIDE
+                row_ok = t < q_len
                 last_stride = tl.where(row_ok, (tl.minimum(t + STRIDE, q_len) - 1 + delta) // STRIDE, -1)
                 q = tl.zeros([ROWS, BLOCK_D], Q.dtype.element_ty)  # rows are loaded per tile, S tokens each
             else:
                 first_head = head_start + kv_head * GROUP
-                t = (m0 + rows % BLOCK_M) * STRIDE + _head_offsets(first_head + group_idx, group_idx, first_head,
-                                                                   layer_hash, POLICY, STRIDE, GROUP)
-                row_ok = (group_idx < GROUP) & (t < q_len)
+                t = m * STRIDE + _head_offsets(first_head + group_idx, group_idx, first_head, layer_hash, POLICY,
+                                               STRIDE, GROUP)
+                row_ok = t < q_len
                 last_stride = tl.where(row_ok, (t + delta) // STRIDE, -1)  # causal: stride n visible iff n·S ≤ t + δ
                 q = tl.load(q_rows + (q_start + t).to(tl.int64)[:, None] * stride_qm + offs_d[None, :],
                             mask=row_ok[:, None] & d_ok[None, :], other=0.0)
@@ -238,21 +243,20 @@ def _estimate_kernel(
             m_final = tl.where(m_i == float("-inf"), 0.0, m_i)
             inv_l = tl.where(row_ok & (l_i > 0.0), 1.0 / tl.where(l_i > 0.0, l_i, 1.0), 0.0)
             n_key_blocks = tl.cdiv(k_len, R * STRIDE)
-            g3 = tl.arange(0, GROUP_PAD)[:, None, None]
-            qb3 = (m0 // R + tl.arange(0, BLOCK_M // R))[None, :, None]
-            out_rows = (g3 < GROUP) & (qb3 < tl.cdiv(q_len, R * STRIDE))
-            s_base = (Scores + seq * stride_sb + (kv_head * GROUP + g3).to(tl.int64) * stride_sh
-                      + qb3.to(tl.int64) * stride_si)
+            query_block = ((pair0 + pairs) // GROUP)[:, None]
+            s_base = (Scores + seq * stride_sb + (kv_head * GROUP + (pair0 + pairs) % GROUP).to(tl.int64)[:, None]
+                      * stride_sh + query_block.to(tl.int64) * stride_si)
+            out_rows = query_block < tl.cdiv(q_len, R * STRIDE)
             for n0 in range(0, n_key_blocks * R, BLOCK_N):
                 if n0 < n_end:
                     # exp2(−inf) = 0 where a row saw nothing up to this tile: its final max is at least the tile's
                     weight = tl.exp2(tl.load(tile_max_rows + n0 // BLOCK_N) - m_final) * inv_l
                     p = tl.load(partial_rows + (n0 // R + tile_cols)[None, :]) * weight[:, None]
-                    blocks = tl.sum(tl.reshape(p, [GROUP_PAD, BLOCK_M // R, R, TILE_BLOCKS]), axis=2)
+                    blocks = tl.sum(tl.reshape(p, [PAIRS, R, TILE_BLOCKS]), axis=1)
                 else:
-                    blocks = tl.zeros([GROUP_PAD, BLOCK_M // R, TILE_BLOCKS], tl.float32)
-                kb3 = (n0 // R + tile_cols)[None, None, :]
-                tl.store(s_base + kb3, blocks, mask=out_rows & (kb3 < n_key_blocks))
+                    blocks = tl.zeros([PAIRS, TILE_BLOCKS], tl.float32)
+                kb = (n0 // R + tile_cols)[None, :]
+                tl.store(s_base + kb, blocks, mask=out_rows & (kb < n_key_blocks))
             tl.debug_barrier()  # the next item overwrites the scratch
 
 
@@ -370,19 +374,17 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
         q_strides, k_strides = q_stride[:3], k_stride[:3]
         max_q, max_k = q_len_fixed, k_len_fixed
     group = q_heads // kv_heads
-    per_block = block_size // stride
+    per_block = block_size // stride  # R
     cfg = launch_config("estimate_antidiagonal" if antidiagonal else "estimate", head_dim=head_dim,
                         block_size=block_size, dtype=dtype, override=dict(config))
     splits = cfg.pop("SPLITS", _splits(dtype))
-    group_pad = next_pow2(group)
-    block_m = max(per_block, cfg.pop("ROWS") // group_pad)
+    rows = max(per_block, cfg.pop("ROWS"))
     block_n = max(per_block, cfg.pop("BLOCK_N"))
     n_strides = cdiv(max_k, stride)
-    n_chunks = cdiv(cdiv(max_q, stride), block_m)  # of BLOCK_M query strides
+    n_chunks = cdiv(cdiv(max_q, block_size) * group, rows // per_block)  # of (query block, query head) pairs
     per_multiprocessor = cfg.pop("PROGRAMS_PER_SM")
     programs = min(n_chunks * kv_heads * num_seqs, cfg.pop("PROGRAMS", multiprocessors * per_multiprocessor))
     n_tiles = cdiv(n_strides, block_n)
-    rows = group_pad * block_m
     tile_max_numel = programs * rows * n_tiles
     means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
     mean_strides = (kv_heads * n_strides * head_dim, n_strides * head_dim, head_dim)  # of one contiguous split
@@ -404,8 +406,8 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
         leading_scalars=(*q_strides, *k_strides, *mean_strides),
         trailing_scalars=(q_len_fixed, k_len_fixed, scale * math.log2(math.e), layer_hash, head_start, kv_heads,
                           n_chunks, num_seqs, n_tiles),
-        constexprs=dict(GROUP=group, GROUP_PAD=group_pad, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
-                        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
+        constexprs=dict(GROUP=group, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
+                        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), ROWS=rows, BLOCK_N=block_n,
                         SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,
                         ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype), **cfg),
     )
