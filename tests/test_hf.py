@@ -154,6 +154,31 @@ def test_non_padding_masks_fall_back_to_dense_sdpa():
     assert stats.records[0].dense_reasons == ("attention mask is not causal + padding",)
 
 
+def test_mask_function_returns_none_only_for_a_plain_causal_call():
+    from transformers.masking_utils import causal_mask_function, sdpa_mask, sliding_window_causal_mask_function
+
+    def same(got, want):
+        return got is None and want is None or torch.equal(got, want)
+
+    length = 40
+    plain = dict(batch_size=2, q_length=length, kv_length=length, mask_function=causal_mask_function,
+                 attention_mask=None, allow_is_causal_skip=True, device="cpu")
+    assert rr.hf.causal_or_sdpa_mask(**plain) is None
+    assert rr.hf.causal_or_sdpa_mask(**{k: v for k, v in plain.items() if k != "mask_function"}) is None  # its default
+    padding = torch.ones(2, length, dtype=torch.long)
+    padding[0, :7] = 0
+    others = [dict(plain, attention_mask=padding), dict(plain, mask_function=sliding_window_causal_mask_function(8), local_size=8),
+              dict(plain, q_length=10, q_offset=30)]  # chunked prefill: transformers' own mask
+    for kwargs in others:
+        got = rr.hf.causal_or_sdpa_mask(**kwargs)
+        assert got is not None and same(got, sdpa_mask(**kwargs))
+    # positional arguments (no transformers version passes them, but the signature allows them)
+    positional = (2, length, length)
+    assert rr.hf.causal_or_sdpa_mask(*positional, mask_function=causal_mask_function, device="cpu") is None
+    kwargs = dict(attention_mask=padding, device="cpu")
+    assert same(rr.hf.causal_or_sdpa_mask(*positional, **kwargs), sdpa_mask(*positional, **kwargs))
+
+
 def test_per_layer_config_and_timing():
     model = _tiny("llama")
     cfg = rr.RRConfig(tau=0.5, block_size=32, stride=4, min_sparse_len=0, dense_layers=(0,),

@@ -33,10 +33,12 @@ from the TP mesh of the layer's DTensor parameters and samples with global head 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import causal_mask_function, sdpa_mask
 
 from . import custom_op  # noqa: F401  (registers torch.ops.rrattention.attention)
 from .._checks import check_scale
@@ -68,11 +70,13 @@ def causal_or_sdpa_mask(*args, **kwargs):
     transformers would build it anyway (some versions do while a CUDA graph is being captured,
     when reading it would break the capture). Every other call gets ``sdpa_mask``'s mask.
     """
-    from transformers.masking_utils import causal_mask_function, sdpa_mask
-
-    bound = inspect.signature(sdpa_mask).bind(*args, **kwargs)
-    bound.apply_defaults()
-    given = bound.arguments
+    # transformers passes keywords only: binding them to the signature (~50 µs a pass) is the rare path
+    if args:
+        bound = inspect.signature(sdpa_mask).bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+    else:
+        given = {**_defaults(sdpa_mask), **kwargs}
     if "q_length" in given:
         q_len = given["q_length"]
     elif isinstance(given.get("cache_position"), torch.Tensor):  # transformers before q_length
@@ -83,6 +87,12 @@ def causal_or_sdpa_mask(*args, **kwargs):
     if plain_causal and given.get("attention_mask") is None and q_len is not None and q_len in (1, given.get("kv_length")):
         return None
     return sdpa_mask(*args, **kwargs)
+
+
+@functools.cache
+def _defaults(fn) -> dict:
+    """The default values of ``fn``'s parameters (a function of the installed transformers: fixed)."""
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
