@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import shlex
 import sys
@@ -94,7 +95,7 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     provenance = (
         f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; Python {platform.python_version()}; "
-        f"date {datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; B=1, Hq={args.q_heads}, "
+        f"git {os.environ.get('RRATTENTION_GIT_COMMIT', 'unknown')}; date {datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; B=1, Hq={args.q_heads}, "
         f"Hkv={args.kv_heads}, D={args.head_dim}, bf16, causal, tools/structured_inputs.py (seed = L); "
         f"RRConfig(min_sparse_len={args.min_sparse_len}) (default crossover for this shape: {crossover})"
     )
