@@ -22,7 +22,7 @@ from typing import Any, Hashable
 
 import torch
 
-from . import backends, methods, policy, reference
+from . import backends, methods, policy
 from .backends import Packed, Problem, Selection, StageBackends
 from .config import AttentionConfig
 from .graphs import CallGraphs
@@ -30,12 +30,16 @@ from .methods.base import Method
 from .stats import RRStats, packed_stats, padded_stats
 from .timing import StageTimer, stage
 
-DENSE_BACKENDS = {"attention": "sdpa"}
 # cuda_graphs=None replays layouts with less dense work than SmolLM2's 32K call. H200,
 # results/prefill/h200/: SmolLM2's 16K prefill was 0.90× SDPA eager and 1.005× replayed on a slow
 # host (host-bound), 1.07× and 1.04× on a fast one (GPU-bound: the copies cost device time); from 32K
 # the pass is GPU-bound on any host and replaying only adds the copies (1.28× vs 1.31×).
 GRAPH_MAX_DENSE_FLOPS = backends.causal_flops(1, 9, 32768, 32768, 64)
+
+
+def dense_name(backend: backends.Backend) -> str:
+    """A dense call's backend as the statistics report it (the reference's dense attention is SDPA)."""
+    return "sdpa" if backend.name == "reference" else backend.name
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class LayerPlan:
     prepared: Any  # the method's settings (Method.prepare)
     backends: dict  # what ran each stage, as the statistics report it
     graph_key: Hashable | None = None  # what the layer's sparse call launches; equal keys share a CUDA graph
+    dense: backends.Backend | None = None  # what runs the layer's dense calls (padded layout)
 
 
 @dataclass
@@ -142,7 +147,8 @@ class AttentionPlan:
             if self.backend is not None:
                 backends.get(self.backend)  # a misspelt name fails even when the call runs dense
             if reason is not None:
-                return LayerPlan(cfg, layer, method, reason, None, None, DENSE_BACKENDS)
+                dense = backends.choose(backends.DENSE, self.problem(cfg), self.backend)
+                return LayerPlan(cfg, layer, method, reason, None, None, {"attention": dense_name(dense)}, dense=dense)
             ops = self._bind(backends.choose_all(self.problem(cfg), self.backend))
             prepared = method.prepare(cfg, layer, self.scale, head_start=self.head_start)
             return self._sparse_layer(cfg, layer, method, ops, prepared)
@@ -207,8 +213,7 @@ class AttentionPlan:
         selection = None
         if planned.ops is None:
             with stage(timer, "attention"):
-                result = reference.dense_causal_attention(q, k, v, scale=self.scale)
-                out = result if out is None else out.copy_(result)
+                out = planned.dense.dense_attend(q, k, v, scale=self.scale, out=out)
         elif self.graphs is not None and planned.graph_key is not None:
             out, selection = self.graphs.run(planned.graph_key, lambda *a: self._sparse(planned, *a), q, k, v, out)
         else:

@@ -102,3 +102,73 @@ def test_the_measured_crossover_is_the_default_min_sparse_len():
     with pytest.raises(ValueError, match="needs head_dim, q_heads and kv_heads"):
         rr.dense_reason(cfg, None, 10, 100)
     assert rr.dense_reason(rr.RRConfig(min_sparse_len=50), None, 10, 100) is None  # an explicit value needs no shape
+
+
+class _RecordingDense(rr.backends.base.Backend):
+    """A dense-stage backend that runs the reference and counts its calls (dispatch picks it first)."""
+
+    name = "recording"
+    description = "test double: the reference's dense attention, counted"
+    stages = frozenset({rr.backends.DENSE})
+    devices = frozenset({"cpu", "cuda"})
+    block_sizes = frozenset({128})  # a sparse-stage limit: must not apply to dense calls
+
+    def __init__(self):
+        self.calls = 0
+
+    def dense_attend(self, q, k, v, *, scale, out=None):
+        self.calls += 1
+        return rr.backends.get("reference").dense_attend(q, k, v, scale=scale, out=out)
+
+
+@pytest.fixture
+def recording_dense(monkeypatch):
+    backend = _RecordingDense()
+    monkeypatch.setitem(rr.backends.BACKENDS, backend.name, backend)
+    monkeypatch.setattr(rr.backends, "PRIORITY", (backend.name, *rr.backends.PRIORITY))
+    rr.backends.choose.cache_clear()
+    yield backend
+    rr.backends.choose.cache_clear()
+
+
+def test_dense_calls_run_the_first_backend_that_accepts_the_dense_stage(recording_dense):
+    q, k, v = make_qkv(1, 4, 2, 300, 300, 32)
+    cfg = rr.RRConfig(block_size=64, stride=4, min_sparse_len=10_000)  # block 64: outside the double's sizes
+    out, stats = rr.rr_attention(q, k, v, cfg, return_stats=True)
+    assert recording_dense.calls == 1 and stats.backends == {"attention": "recording"} and stats.is_dense
+    torch.testing.assert_close(out, rr.reference.dense_causal_attention(q, k, v, scale=32**-0.5))
+    rr.rr_attention(q, k, v, rr.RRConfig(block_size=64, stride=4, min_sparse_len=0))  # sparse: not a dense call
+    assert recording_dense.calls == 1
+    # the shipped backends: only the reference and FA4 implement the dense stage, FA4 only for long calls
+    problem = rr.backends.Problem(torch.device("cpu"), 64, torch.float32, head_dim=32)
+    reasons = rr.backends.explain(rr.backends.DENSE, problem)
+    assert reasons["reference"] == [] and reasons["recording"] == []
+    assert any("does not implement the dense stage" in r for r in reasons["triton"])
+    assert not any("block_size" in r for r in reasons["fa4"])
+    assert any("block_size" in r for r in rr.backends.explain("attention", problem)["fa4"])
+
+
+def test_the_hook_runs_unmasked_dense_calls_through_the_plans_dense_backend(recording_dense):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 128, (2, 96), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        want = model(ids).logits
+        padding = torch.ones_like(ids)
+        padding[0, :10] = 0
+        want_padded = model(ids, attention_mask=padding).logits
+        rr.hf.configure(model, rr.RRConfig(min_sparse_len=10_000))
+        with rr.hf.collect_stats(model) as stats:
+            got = model(ids).logits
+        assert recording_dense.calls == 2 and {r.backends["attention"] for r in stats.records} == {"recording"}
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(ids).logits, want, atol=1e-5, rtol=1e-5)  # not collecting: the fast path
+        assert recording_dense.calls == 4
+        got_padded = model(ids, attention_mask=padding).logits  # a padding mask: transformers' SDPA with it
+        assert recording_dense.calls == 4
+        torch.testing.assert_close(got_padded[1], want_padded[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_padded[0, 10:], want_padded[0, 10:], atol=1e-5, rtol=1e-5)

@@ -10,7 +10,8 @@ backend: FA4 where installed and worth it, else our Triton kernel) and ``rr_atte
 Triton backend forced (the portable path). Beside the times: the sparsity τ chose, the backends
 that ran, the stage times of one timed call (``time_stages``, synchronising), the output's error
 relative to cuDNN's (the method's approximation), and the speedups over each dense kernel and
-over the fastest. ``--min-sparse-len`` below the default crossover runs sparse where the default
+over the fastest; and the same call made dense by spec §6 (``min_sparse_len`` above ``L``: the
+dense stage's backend, FA4 where installed). ``--min-sparse-len`` below the default crossover runs sparse where the default
 would run dense (the default's rows there are dense calls). Medians of
 ``triton.testing.do_bench``; writes ``bench_structured.{csv,md}`` into ``--out``.
 """
@@ -18,6 +19,7 @@ would run dense (the default's rows there are dense calls). Medians of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -69,6 +71,10 @@ def measure(length: int, hq: int, hkv: int, d: int, cfg: rr.RRConfig) -> dict:
         for kernel, ms in dense.items():
             row[f"{name}_speedup_vs_{kernel}"] = ms / row[f"{name}_ms"]
         row[f"{name}_speedup_vs_fastest_dense"] = min(dense.values()) / row[f"{name}_ms"]
+    # the same call made dense by spec §6 (min_sparse_len above L): the dense stage's backend
+    dense_cfg = dataclasses.replace(cfg, min_sparse_len=2 * length)
+    row["rr_dense_call_ms"] = bench(lambda: rr.rr_attention(q, k, v, dense_cfg))
+    row["rr_dense_call_by"] = rr.rr_attention(q, k, v, dense_cfg, return_stats=True)[1].backends["attention"]
     return row
 
 

@@ -22,6 +22,9 @@ every head-shift policy and selector) on identical inputs:
   specialisation) in between, padded and packed.
 * decode (one query, dense by spec §6) in each dtype and GQA ratio: error against fp32 attention
   over every key ≤ 2× dense SDPA's with the KV heads repeated.
+* prefill that spec §6 makes dense (``min_sparse_len`` above ``Lk``; padded batch, Lq < Lk, GQA
+  3/4/7): the dense stage's backend (FA4 on long calls where installed, else SDPA) against the fp32
+  dense reference, error ≤ 2× SDPA's in the same dtype.
 Exit status 1 if any case fails.
 """
 
@@ -252,6 +255,20 @@ def check_decode(name, b, hq, hkv, lk, d, dtype, report) -> bool:
     return ok
 
 
+def check_dense(name, b, hq, hkv, lq, lk, d, dtype, report) -> bool:
+    """A call spec §6 makes dense (``min_sparse_len`` above ``Lk``): the dense stage's backend (FA4 on
+    long calls where installed, SDPA otherwise) against the fp32 dense reference."""
+    q, k, v = check_inputs(b, hq, hkv, lq, lk, d, dtype, seed=lq * 7 + hq)
+    want = reference.dense_causal_attention(q.float(), k.float(), v.float(), scale=d**-0.5)
+    out, stats = rr.rr_attention(q, k, v, rr.RRConfig(min_sparse_len=2 * lk), return_stats=True)
+    ours = rel_err(out, want)
+    sdpa = rel_err(reference.dense_causal_attention(q, k, v, scale=d**-0.5), want)
+    ok = ours <= 2 * sdpa + 1e-6 and stats.is_dense and out.dtype == dtype and out.shape == q.shape
+    report(f"{'PASS' if ok else 'FAIL'} {name:<46}dense {stats.is_dense}  out err ours {ours:.2e} sdpa {sdpa:.2e}  "
+           f"(attention by {stats.backends['attention']})")
+    return ok
+
+
 def main() -> int:
     # FlexAttention recompiles per shape; past dynamo's default limit (8) it runs unfused and runs out of memory
     torch._dynamo.config.recompile_limit = 64
@@ -293,6 +310,11 @@ def main() -> int:
                                            ("decode GQA7 32768 D128 bf16", 1, 28, 4, 32768, 128, torch.bfloat16)][: 1 if args.small else None]:
         if wanted(name):
             ok &= check_decode(name, b, hq, hkv, lk, d, dtype, report)
+    for name, *shape in [("dense GQA4 B2 32768 D128 bf16", 2, 32, 8, 32768, 32768, 128, torch.bfloat16),
+                         ("dense chunked GQA3 32768/65536 D64 fp16", 1, 9, 3, 32768, 65536, 64, torch.float16),
+                         ("dense GQA7 4096 D128 bf16", 1, 28, 4, 4096, 4096, 128, torch.bfloat16)][-1 if args.small else 0:]:
+        if wanted(name):
+            ok &= check_dense(name, *shape, report)
     for name, hq, hkv, length, small, d, dtype in [("plan layers GQA3 8192 D64 bf16", 9, 3, 8192, 2048, 64, torch.bfloat16),
                                                    ("plan layers GQA4 6000 D128 fp16", 32, 8, 6000, 1000, 128, torch.float16)]:
         for graphs in (False, True):

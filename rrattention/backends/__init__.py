@@ -1,7 +1,8 @@
 """Backends: who can run which stage on which inputs, and why the others decline.
 
 Each backend (one file each) declares the devices, dtypes, head dims, block sizes and layouts it
-supports for the stages it implements (``estimate`` §2–§3, ``select`` §4, ``attention`` §5), and
+supports for the stages it implements (``estimate`` §2–§3, ``select`` §4, ``attention`` §5, and
+``dense``: the calls spec §6 makes dense), and
 ``not_supported_reasons(stage, problem)`` says why it declines a call (empty: it accepts).
 Dispatch takes, per stage, the first backend of :data:`PRIORITY` that accepts. All backends
 compute the same function; the reference is the definition the others are tested against.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .base import STAGES, Backend, EstimatorSettings, Packed, Problem, Selection, SelectionSettings, causal_flops
+from .base import DENSE, STAGES, Backend, EstimatorSettings, Packed, Problem, Selection, SelectionSettings, causal_flops
 from .fa4 import FA4Backend
 from .flex import FlexBackend
 from .reference import ReferenceBackend
@@ -78,6 +79,7 @@ def choose_all(problem: Problem, requested: str | None = None) -> StageBackends:
 
 __all__ = [
     "BACKENDS",
+    "DENSE",
     "PRIORITY",
     "STAGES",
     "Backend",

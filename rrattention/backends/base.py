@@ -6,7 +6,9 @@ The stages (spec.md):
 * ``estimate`` (§2–§3): ``rr_scores`` (RRAttention's sampled queries vs stride-mean keys) and
   ``antidiagonal_scores`` (XAttention's estimator, for that baseline);
 * ``select`` (§4): ``select`` (Top-τ / forced-first block selection, with the compact form);
-* ``attention`` (§5): ``attend`` (block-sparse attention with LSE).
+* ``attention`` (§5): ``attend`` (block-sparse attention with LSE);
+* ``dense`` (§6's dense calls): ``dense_attend`` (dense causal attention, bottom-right aligned), for
+  the calls the policies make dense; the block size does not apply to it.
 
 Every operation takes either the padded layout (``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]``) or,
 when ``packed`` is given, the packed one (``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]``, sequences as in
@@ -25,7 +27,8 @@ import torch
 
 from .. import reference
 
-STAGES = ("estimate", "select", "attention")
+STAGES = ("estimate", "select", "attention")  # a sparse call's pipeline
+DENSE = "dense"  # the stage of a call spec §6 makes dense
 FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
 
 
@@ -161,7 +164,7 @@ class Backend:
             reasons.append(f"dtype {problem.dtype} unsupported")
         if self.max_head_dim is not None and problem.head_dim is not None and not 16 <= problem.head_dim <= self.max_head_dim:
             reasons.append(f"head dim {problem.head_dim} outside [16, {self.max_head_dim}]")
-        if self.block_sizes is not None and problem.block_size not in self.block_sizes:
+        if self.block_sizes is not None and stage != DENSE and problem.block_size not in self.block_sizes:
             reasons.append(f"block_size {problem.block_size} not in {sorted(self.block_sizes)}")
         if problem.varlen and not self.varlen:
             reasons.append("no packed variable-length layout")
@@ -200,6 +203,11 @@ class Backend:
         """``(out, lse)``: out like ``q`` (written into ``out`` when given: any strides with a unit
         last one), fp32 lse ``[B, Hq, Lq]`` (packed: ``[Hq, Tq]``), natural log."""
         raise NotImplementedError(f"backend {self.name!r} does not implement attend")
+
+    def dense_attend(self, q, k, v, *, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense causal attention, bottom-right aligned: ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk, D]``
+        → like ``q`` (written into ``out`` when given: any strides with a unit last one)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement dense_attend")
 
 
 class KernelBackend(Backend):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .base import Backend, EstimatorSettings, STAGES, Selection, SelectionSettings
+from .base import DENSE, STAGES, Backend, EstimatorSettings, Selection, SelectionSettings
 
 
 class ReferenceBackend(Backend):
     name = "reference"
     description = "the plain-PyTorch definition (rrattention.reference); any device, slow on long inputs"
-    stages = frozenset(STAGES)
+    stages = frozenset({*STAGES, DENSE})
     devices = frozenset({"cpu", "cuda", "mps", "xpu"})
     varlen = False
 
@@ -42,3 +42,7 @@ class ReferenceBackend(Backend):
         if out is None:
             return result, lse
         return out.copy_(result), lse
+
+    def dense_attend(self, q, k, v, *, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        result = reference.dense_causal_attention(q, k, v, scale=scale)  # SDPA: the framework's own kernels
+        return result if out is None else out.copy_(result)

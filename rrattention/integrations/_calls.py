@@ -254,6 +254,11 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, q_shape: to
     return state.plans.store(layout, mask, plan)
 
 
+def _library_dense(plan, layer: int | None) -> bool:
+    """The padded plan runs this layer's dense calls with a kernel of its own (not SDPA's)."""
+    return isinstance(plan, AttentionPlan) and plan.layer_plan(layer).dense.name != "reference"
+
+
 def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    mask: Any, allowed: Callable[[], torch.Tensor | None], scaling: float | None,
                    dense: Callable[[], torch.Tensor], dense_name: str, causal: bool = True,
@@ -267,9 +272,9 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     valid tokens packed (:class:`~rrattention.plan.PaddingPlan`), so padding never influences
     selection or outputs; any other mask, and every call that spec §6 makes dense for every
     sequence (decode, a dense layer, ``Lk < min_sparse_len``) → ``dense()``, the framework's own
-    dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a dense call without a
-    mask and with ``1 < Lq < Lk``, which frameworks do not make, runs the library's bottom-right
-    causal SDPA instead). ``causal=False`` (an encoder's bidirectional call) always runs
+    dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a causal dense call
+    without a mask runs the plan's dense backend instead where that is not SDPA: FA4 on long calls;
+    and with ``1 < Lq < Lk``, which frameworks do not make, the library's bottom-right causal SDPA). ``causal=False`` (an encoder's bidirectional call) always runs
     ``dense()``. ``head_start`` is the global index of query head 0 (a tensor-parallel rank's
     first head): spec §2's offsets use global head indices. Appends a :class:`CallRecord` when a
     collector is active.
@@ -281,7 +286,11 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     plan = (_plan(state, query, key, q_shape, mask, allowed, scaling, collect and state.collector.timing, head_start)
             if causal else NON_CAUSAL)
     reason = plan.reason if isinstance(plan, MaskedDense) else plan.dense_reason(layer)
-    if reason is not None and not collect and not (mask is None and 1 < q_len < k_len):
+    # a dense call without a mask runs through the plan where the plan's dense kernel is not the
+    # framework's SDPA (FA4 for long calls) or the framework has no bottom-right causal SDPA (1 < Lq < Lk)
+    planned_dense = (reason is not None and mask is None and not isinstance(plan, MaskedDense)
+                     and (1 < q_len < k_len or _library_dense(plan, layer)))
+    if reason is not None and not collect and not planned_dense:
         return dense()  # the common dense call (decode, short prompts): nothing else to do or record
     stats = None
     if reason is None and isinstance(plan, PaddingPlan):
@@ -294,7 +303,7 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         stats = plan.stats(run) if collect else None
     else:
         timer = StageTimer(query.device) if collect and state.collector.timing else None
-        if mask is None and 1 < q_len < k_len and not isinstance(plan, MaskedDense):
+        if planned_dense:
             out = query.new_empty(batch, q_len, heads, value.shape[-1])
             run = plan.run(query, key, value, layer, out=out.transpose(1, 2))
             used, timings = run.layer_plan.backends, run.timings_ms
