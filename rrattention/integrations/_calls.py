@@ -272,10 +272,10 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     valid tokens packed (:class:`~rrattention.plan.PaddingPlan`), so padding never influences
     selection or outputs; any other mask, and every call that spec §6 makes dense for every
     sequence (decode, a dense layer, ``Lk < min_sparse_len``) → ``dense()``, the framework's own
-    dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a causal dense call
-    without a mask runs the plan's dense backend instead where that is not SDPA: FA4 on long calls;
-    and with ``1 < Lq < Lk``, which frameworks do not make, the library's bottom-right causal SDPA). ``causal=False`` (an encoder's bidirectional call) always runs
-    ``dense()``. ``head_start`` is the global index of query head 0 (a tensor-parallel rank's
+    dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a causal prefill call
+    without a mask runs the plan's dense backend instead where that is not SDPA, FA4 on long calls,
+    and always with ``1 < Lq < Lk``, which frameworks do not make: the library's bottom-right causal
+    SDPA). ``causal=False`` (an encoder's bidirectional call) always runs ``dense()``. ``head_start`` is the global index of query head 0 (a tensor-parallel rank's
     first head): spec §2's offsets use global head indices. Appends a :class:`CallRecord` when a
     collector is active.
     """
@@ -286,10 +286,11 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     plan = (_plan(state, query, key, q_shape, mask, allowed, scaling, collect and state.collector.timing, head_start)
             if causal else NON_CAUSAL)
     reason = plan.reason if isinstance(plan, MaskedDense) else plan.dense_reason(layer)
-    # a dense call without a mask runs through the plan where the plan's dense kernel is not the
-    # framework's SDPA (FA4 for long calls) or the framework has no bottom-right causal SDPA (1 < Lq < Lk)
-    planned_dense = (reason is not None and mask is None and not isinstance(plan, MaskedDense)
-                     and (1 < q_len < k_len or _library_dense(plan, layer)))
+    # A dense prefill call without a mask runs through the plan where the plan's dense kernel is not
+    # the framework's SDPA (FA4 for long calls) or the framework has no bottom-right causal SDPA
+    # (1 < Lq < Lk). Decode stays on the framework's path: its layout changes every step.
+    planned_dense = (reason is not None and mask is None and not isinstance(plan, MaskedDense) and q_len > 1
+                     and (q_len < k_len or _library_dense(plan, layer)))
     if reason is not None and not collect and not planned_dense:
         return dense()  # the common dense call (decode, short prompts): nothing else to do or record
     stats = None
