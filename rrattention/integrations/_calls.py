@@ -256,7 +256,7 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, q_shape: to
 
 def _library_dense(plan, layer: int | None) -> bool:
     """The padded plan runs this layer's dense calls with a kernel of its own (not SDPA's)."""
-    return isinstance(plan, AttentionPlan) and plan.layer_plan(layer).dense.name != "reference"
+    return isinstance(plan, AttentionPlan) and plan.layer_plan(layer).backends["attention"] != "sdpa"
 
 
 def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -275,9 +275,10 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     dense attention ``[B, Lq, Hq, D]``, recorded as backend ``dense_name`` (a causal prefill call
     without a mask runs the plan's dense backend instead where that is not SDPA, FA4 on long calls,
     and always with ``1 < Lq < Lk``, which frameworks do not make: the library's bottom-right causal
-    SDPA). ``causal=False`` (an encoder's bidirectional call) always runs ``dense()``. ``head_start`` is the global index of query head 0 (a tensor-parallel rank's
-    first head): spec §2's offsets use global head indices. Appends a :class:`CallRecord` when a
-    collector is active.
+    SDPA). ``causal=False`` (an encoder's bidirectional call) always runs ``dense()``.
+    ``head_start`` is the global index of query head 0 (a tensor-parallel rank's first head):
+    spec §2's offsets use global head indices. Appends a :class:`CallRecord` when a collector is
+    active.
     """
     q_shape = query.shape
     batch, heads, q_len, _ = q_shape

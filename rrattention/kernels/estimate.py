@@ -12,9 +12,9 @@ Two kernels:
   each ``K̄`` tile is read once for all ``G`` heads of the group, and makes one pass over the
   visible key strides: each tile's logits are computed once, and their probabilities relative to
   the rows' running max are summed per key block into the program's scratch, with that max beside
-  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM). At the item's end they are rescaled to the final max and normaliser and summed over the
-  ``R`` rows of each query block. Only the block scores are written; the ``(Lq/S) × (Lk/S)``
-  logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
+  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM). At the item's end they are rescaled to
+  the final max and normaliser and summed over the ``R`` rows of each query block. Only the block
+  scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
   scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
   (``results/kernels/h200/estimate_onepass.md``).
 """
