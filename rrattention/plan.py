@@ -57,6 +57,24 @@ class LayerPlan:
     dense: backends.Backend | None = None  # what runs the layer's dense calls (padded layout)
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """A layer setting's judgement, shared by the layers that have it: the resolved config, the
+    method, and either the dense reason and dense backend (padded layout) or the sparse stages'
+    backends (None for a packed batch planned per sequence)."""
+
+    cfg: AttentionConfig
+    method: Method
+    reason: str | None
+    dense: backends.Backend | None
+    ops: StageBackends | None
+    dense_name: str | None = field(init=False)  # read on every dense call of a hook
+
+    def __post_init__(self):
+        object.__setattr__(self, "dense_name", None if self.dense is None else dense_name(self.dense))
+
+
+
 @dataclass
 class PlanRun:
     """What one call produced. ``selection`` is None for a dense call (and for a packed batch run
@@ -107,6 +125,8 @@ class AttentionPlan:
             cuda_graphs = self._layout_flops() < GRAPH_MAX_DENSE_FLOPS
         self.graphs = CallGraphs() if cuda_graphs and device.type == "cuda" and not time_stages else None
         self._layers: dict[int | None, LayerPlan] = {}
+        self._settings: dict[Hashable, _Setting] = {}
+        self._own_settings = policy.own_setting_layers(cfg)
         self._reasons = None if packed is not None else policy.LayerReasons(
             cfg, q_len, k_len, head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
         self._sequences: list[AttentionPlan] | None = None  # a packed batch planned per sequence
@@ -139,20 +159,42 @@ class AttentionPlan:
             planned = self._layers[layer] = self._plan_layer(layer)
         return planned
 
-    def _plan_layer(self, layer: int | None) -> LayerPlan:
+    def dense_backend(self, layer: int | None) -> str | None:
+        """The backend that runs ``layer``'s dense calls, named as the statistics name it (``"sdpa"``:
+        the reference's), or None where the layer runs sparse. Read without planning the layer: a
+        hook whose framework runs SDPA itself needs nothing else."""
+        return self._setting(layer).dense_name
+
+    def _setting(self, layer: int | None) -> _Setting:
+        """What ``layer`` shares with every layer of the same settings, judged once for them all:
+        a forward pass plans its model-wide settings once, not once per layer."""
+        key = layer if layer in self._own_settings else policy.MODEL_WIDE
+        setting = self._settings.get(key)
+        if setting is None:
+            setting = self._settings[key] = self._judge(layer)
+        return setting
+
+    def _judge(self, layer: int | None) -> _Setting:
         cfg = self.cfg.layer_config(layer)
         method = methods.for_config(cfg)
+        if self.packed is not None:
+            return _Setting(cfg, method, None, None, self._packed_ops(cfg, method))
+        reason = self.dense_reason(layer)
+        if self.backend is not None:
+            backends.get(self.backend)  # a misspelt name fails even when the call runs dense
+        if reason is not None:
+            return _Setting(cfg, method, reason, backends.choose(backends.DENSE, self.problem(cfg), self.backend), None)
+        return _Setting(cfg, method, None, None, self._bind(backends.choose_all(self.problem(cfg), self.backend)))
+
+    def _plan_layer(self, layer: int | None) -> LayerPlan:
+        setting = self._setting(layer)
+        cfg, method, ops = setting.cfg, setting.method, setting.ops
+        if setting.dense is not None:
+            return LayerPlan(cfg, layer, method, setting.reason, None, None, {"attention": setting.dense_name},
+                             dense=setting.dense)
         if self.packed is None:
-            reason = self.dense_reason(layer)
-            if self.backend is not None:
-                backends.get(self.backend)  # a misspelt name fails even when the call runs dense
-            if reason is not None:
-                dense = backends.choose(backends.DENSE, self.problem(cfg), self.backend)
-                return LayerPlan(cfg, layer, method, reason, None, None, {"attention": dense_name(dense)}, dense=dense)
-            ops = self._bind(backends.choose_all(self.problem(cfg), self.backend))
             prepared = method.prepare(cfg, layer, self.scale, head_start=self.head_start)
             return self._sparse_layer(cfg, layer, method, ops, prepared)
-        ops = self._packed_ops(cfg, method)
         if ops is None:
             return LayerPlan(cfg, layer, method, None, None, None, {})
         threshold = policy.dense_layer_threshold(cfg, layer, self.head_dim, self.q_heads, self.kv_heads)

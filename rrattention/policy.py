@@ -44,6 +44,15 @@ def dense_layer_threshold(cfg: AttentionConfig, layer: int | None, head_dim: int
     return min_sparse_len(cfg, head_dim, q_heads, kv_heads)
 
 
+def own_setting_layers(cfg: AttentionConfig) -> frozenset:
+    """The layers judged on their own (a dense layer, a layer override); every other layer shares
+    the model-wide setting, keyed :data:`MODEL_WIDE`."""
+    return frozenset(cfg.dense_layers) | frozenset(cfg.layer_overrides)
+
+
+MODEL_WIDE = object()  # the setting key of the layers without a setting of their own
+
+
 class LayerReasons:
     """:func:`dense_reason` of every layer for one call shape, judged once per distinct layer
     setting: the layers without overrides that are not dense layers share one judgement, so a
@@ -52,16 +61,14 @@ class LayerReasons:
     def __init__(self, cfg: AttentionConfig, q_len: int, k_len: int, *, head_dim: int, q_heads: int, kv_heads: int):
         self._cfg, self._lengths = cfg, (q_len, k_len)
         self._dims = dict(head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
-        self._own = frozenset(cfg.dense_layers) | frozenset(cfg.layer_overrides)  # layers judged on their own
+        self._own = own_setting_layers(cfg)
         self._reasons: dict = {}
 
     def __call__(self, layer: int | None) -> str | None:
-        key = layer if layer in self._own else _MODEL_WIDE
+        key = layer if layer in self._own else MODEL_WIDE
         try:
             return self._reasons[key]
         except KeyError:
             reason = self._reasons[key] = dense_reason(self._cfg.layer_config(layer), layer, *self._lengths, **self._dims)
             return reason
 
-
-_MODEL_WIDE = object()  # LayerReasons' key of the layers without a setting of their own

@@ -143,7 +143,8 @@ def test_selection_on_narrow_tiles_matches_reference(q_len, k_len, stray_mass, t
     [(1, 2, 1, 200, 330, 64, 64), (2, 4, 2, 129, 129, 32, 128), (1, 2, 2, 300, 300, 128, 128), (1, 1, 1, 70, 200, 256, 64)],
 )
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_matches_reference(batch, hq, hkv, lq, lk, dim, block, dtype):
+@pytest.mark.parametrize("tma", [None, True])  # None: as dispatch decides (pointer loads on the CPU)
+def test_attention_matches_reference(batch, hq, hkv, lq, lk, dim, block, dtype, tma):
     q, k, v = make_qkv(batch, hq, hkv, lq, lk, dim, dtype=dtype, device=DEVICE, seed=dim)
     n_q, n_k = -(-lq // block), -(-lk // block)
     mask = torch.rand(batch, hq, n_q, n_k, generator=torch.Generator().manual_seed(1)).to(DEVICE) > 0.4
@@ -152,7 +153,7 @@ def test_attention_matches_reference(batch, hq, hkv, lq, lk, dim, block, dtype):
     want, want_lse = rr.block_sparse_attention(q, k, v, mask, return_lse=True, block_size=block, backend="reference")
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:3], float("nan"), device=DEVICE)
-    attention_kernel(q, k, v, count, index, block_size=block, scale=dim**-0.5, out=out, lse=lse)
+    attention_kernel(q, k, v, count, index, block_size=block, scale=dim**-0.5, out=out, lse=lse, tma=tma)
     assert not bool(out.isnan().any() or lse.isnan().any())
     tol = 2e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
@@ -180,6 +181,43 @@ def test_packed_sequences_in_one_launch_match_per_sequence_reference():
         rows, cols = stats.block_mask.shape[-2:]
         assert torch.equal(mask[s, :, :rows, :cols], stats.block_mask[0])  # dense sequences: every visible block
         assert not bool(mask[s, :, rows:].any() or mask[s, :, :, cols:].any())
+
+
+@pytest.mark.parametrize("tma", [False, True])
+def test_packed_attention_reads_no_key_of_the_next_sequence(tma):
+    """Packed sequences back to back: a tile crossing one sequence's end must not see the next
+    sequence's keys or values, even where those are not finite (TMA descriptors end at the tensor's end)."""
+    lens = [(70, 100), (64, 64), (30, 129)]
+    cu = lambda n: torch.tensor([0, *n], device=DEVICE).cumsum(0).to(torch.int32)  # noqa: E731
+    cu_q, cu_k = cu([a for a, _ in lens]), cu([b for _, b in lens])
+    seqs = [make_qkv(1, 2, 1, lq, lk, 32, seed=i, device=DEVICE, dtype=torch.float16) for i, (lq, lk) in enumerate(lens)]
+    q, k, v = (torch.cat([s[i][0].transpose(0, 1) for s in seqs]) for i in range(3))
+    v[cu_k[1] : cu_k[2]] = float("inf")  # the middle sequence's values poison any tile that reads them
+    n_q, n_k = -(-max(a for a, _ in lens) // 64), -(-max(b for _, b in lens) // 64)
+    mask = torch.ones(len(lens), 2, n_q, n_k, dtype=torch.bool, device=DEVICE)
+    count, index = rr.to_kv_index(mask)
+    out, _ = attention_kernel(q, k, v, count, index, block_size=64, scale=32**-0.5, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                              max_seqlen_q=max(a for a, _ in lens), config=dict(BLOCK_M=32, BLOCK_N=32), tma=tma)
+    for s in (0, 2):
+        qs, ks, vs = seqs[s]
+        full = torch.ones(1, 2, -(-lens[s][0] // 64), -(-lens[s][1] // 64), dtype=torch.bool, device=DEVICE)
+        want = rr.block_sparse_attention(qs, ks, vs, full, block_size=64, backend="reference")
+        torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]].float(), want[0].transpose(0, 1).float(), atol=2e-2, rtol=2e-2)
+
+
+def test_tma_loads_only_where_the_tensors_allow():
+    from rrattention.kernels.block_sparse_attention import tma_supported
+
+    k = torch.randn(1, 2, 64, 64, dtype=torch.float16, device=DEVICE)
+    assert not tma_supported(torch.randn(1, 2, 64, 64, dtype=torch.float16), k.cpu())  # CPU tensors
+    if GPU and torch.cuda.get_device_capability()[0] >= 9:
+        assert tma_supported(k, k)
+        assert tma_supported(k.transpose(1, 2).contiguous().transpose(1, 2), k)  # a framework's [B, L, H, D] memory
+        assert not tma_supported(k.float(), k.float())  # fp32 keeps the pointer loads
+        odd = torch.randn(1, 2, 64, 80, dtype=torch.float16, device=DEVICE)
+        assert not tma_supported(odd, odd)  # a head dim that is not a power of two
+        shifted = torch.randn(2 * 64 * 64 + 1, dtype=torch.float16, device=DEVICE)[1:].view(1, 2, 64, 64)
+        assert not tma_supported(shifted, k)  # a base pointer off the 16-byte grid
 
 
 def test_dispatch_reports_why_backends_decline():

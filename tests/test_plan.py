@@ -39,6 +39,24 @@ def test_dense_reasons_are_judged_per_layer_setting_without_planning_the_layer()
     assert [plan.layer_plan(layer).dense_reason for layer in (0, 1, 2)] == reasons[:3]
 
 
+def test_layers_of_one_setting_share_one_judgement(monkeypatch):
+    """A forward pass judges the model-wide setting once (config, method, dense policy, backends),
+    not once per layer; layers with settings of their own are judged on their own."""
+    cfg = rr.RRConfig(stride=4, block_size=32, min_sparse_len=150, dense_layers=(1,),
+                      layer_overrides={2: {"min_sparse_len": 50}})
+    plan = rr.AttentionPlan(cfg, q_heads=4, kv_heads=2, head_dim=32, dtype=torch.float32, device=torch.device("cpu"),
+                            scale=32**-0.5, batch=1, q_len=100, k_len=100)
+    judged = []
+    judge = plan._judge
+    monkeypatch.setattr(plan, "_judge", lambda layer: judged.append(layer) or judge(layer))
+    assert [plan.dense_backend(layer) for layer in (0, 3, 1, 2, None)] == ["sdpa", "sdpa", "sdpa", None, "sdpa"]
+    layer_plans = [plan.layer_plan(layer) for layer in range(6)]
+    assert judged == [0, 1, 2]  # the model-wide setting (first asked for layer 0), layer 1's, layer 2's
+    assert [lp.layer for lp in layer_plans] == list(range(6))
+    assert layer_plans[0].dense is layer_plans[5].dense and layer_plans[2].ops is not None
+    assert [lp.backends["attention"] for lp in layer_plans] == ["sdpa", "sdpa", "reference", "sdpa", "sdpa", "sdpa"]
+
+
 def test_a_padding_plan_equals_each_sequence_alone():
     q, k, v = make_qkv(2, 4, 2, 180, 180, 32, seed=4)
     key_valid = torch.ones(2, 180, dtype=torch.bool)

@@ -256,7 +256,7 @@ def _plan(state: ModelState, query: torch.Tensor, key: torch.Tensor, q_shape: to
 
 def _library_dense(plan, layer: int | None) -> bool:
     """The padded plan runs this layer's dense calls with a kernel of its own (not SDPA's)."""
-    return isinstance(plan, AttentionPlan) and plan.layer_plan(layer).backends["attention"] != "sdpa"
+    return isinstance(plan, AttentionPlan) and plan.dense_backend(layer) not in (None, "sdpa")
 
 
 def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

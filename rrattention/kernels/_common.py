@@ -16,6 +16,13 @@ _CONFIGS = {
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
     },
+    # K and V through TMA (Hopper): the fastest of a sweep at 32K-128K on the H200 (.gpu experiment
+    # recorded in results/kernels/h200/README.md)
+    "attention_tma": {
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+    },
     "estimate_antidiagonal": {
         64: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
         128: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
@@ -52,7 +59,7 @@ def launch_config(kernel: str, *, head_dim: int, block_size: int, dtype: torch.d
     table = _CONFIGS[kernel]
     key = min((d for d in table if d >= head_dim), default=max(table))
     cfg = dict(table[key])
-    if kernel == "attention":
+    if kernel in ("attention", "attention_tma"):
         cfg["BLOCK_M"] = min(cfg["BLOCK_M"], block_size)
         cfg["BLOCK_N"] = min(cfg["BLOCK_N"], block_size)
         if dtype == torch.float32:  # fp32 tiles take twice the registers and shared memory

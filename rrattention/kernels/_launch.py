@@ -52,7 +52,7 @@ class Launches:
             kernel[grid](*tensors, *scalars, **constexprs)
             return
         key = (kernel, grid, scalars, tuple(constexprs.items()), torch.cuda.current_device(),
-               tuple([(t.dtype, t.data_ptr() & 15) for t in tensors]))
+               tuple([_tensor_key(t) for t in tensors]))
         cached = self._launchers.get(key)
         if cached is not None and not _launch_hooks_active():
             launcher, tail = cached
@@ -67,6 +67,14 @@ class Launches:
         if len(self._launchers) >= MAX_SPECIALISATIONS:
             self._launchers.pop(next(iter(self._launchers)))
         self._launchers[key] = (compiled[grid], tuple(constexprs[name] for name in names))
+
+
+def _tensor_key(t) -> tuple:
+    """What Triton specialises a tensor argument on; a TMA descriptor also on its shape, strides and
+    block (one plan's descriptors all have the same, so keeping them costs no cache hits)."""
+    if isinstance(t, torch.Tensor):
+        return t.dtype, t.data_ptr() & 15
+    return t.base.dtype, t.base.data_ptr() & 15, tuple(t.shape), tuple(t.strides), tuple(t.block_shape)
 
 
 def launch(kernel, grid: tuple[int, int, int], tensors: tuple, scalars: tuple, constexprs: dict,

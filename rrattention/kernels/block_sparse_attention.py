@@ -6,6 +6,12 @@ with an online softmax in fp32. The token-level causal predicate ``key ≤ query
 ``Lk`` bound) is applied to every block not wholly in the past of the tile's first query, which
 for any ``δ`` covers every block where it can bite; the other blocks run a mask-free loop.
 GQA reads K/V of head ``h // G`` without repeating them.
+
+On Hopper and later the key and value tiles are loaded through tensor descriptors (TMA) where the
+tensors allow (fp16/bf16, head dim a power of two, 16-byte aligned): 0.79 → 0.85 and 0.72 → 0.77
+of cuDNN's speed per computed block at 32K for D=64 and D=128 on the H200, and 0.77 → 0.86 at 128K
+(``results/kernels/h200/``). A descriptor's bounds are the tensor's, so in the packed layout the
+tiles that cross a sequence's end keep masked pointer loads.
 """
 
 from __future__ import annotations
@@ -16,20 +22,33 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._common import cdiv, dot_precision, launch_config, next_pow2, sequence_bounds
 from ._launch import Launches, launch
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok, start_n, k_start, k_len, delta,
-                 stride_kn, stride_vn, qk_scale, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
+def _load_kv(base, desc, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, stride_n, start_n,
+             TMA: tl.constexpr, VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The ``[BLOCK_N, BLOCK_D]`` key or value tile at key ``start_n``; zeros past ``Lk`` and ``D``."""
+    if TMA:  # the descriptor zero-fills past the tensor's bounds
+        if VARLEN:  # [Tk, Hkv, D]
+            return tl.reshape(desc.load([k_start + start_n, kv_head, 0]), (BLOCK_N, BLOCK_D))
+        return tl.reshape(desc.load([seq, kv_head, start_n, 0]), (BLOCK_N, BLOCK_D))  # [B, Hkv, Lk, D]
+    return tl.load(base + (k_start + offs_n).to(tl.int64)[:, None] * stride_n + offs_d[None, :],
+                   mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, k_base, v_base, desc_k, desc_v, seq, kv_head, offs_m, offs_d, d_ok, start_n,
+                 k_start, k_len, delta, stride_kn, stride_vn, qk_scale, MASKED: tl.constexpr, TMA: tl.constexpr,
+                 VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One online-softmax step over keys ``[start_n, start_n + BLOCK_N)`` (base 2)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     col_ok = offs_n < k_len
-    k = tl.load(k_base + (k_start + offs_n).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
-                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    k = _load_kv(k_base, desc_k, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, stride_kn, start_n, TMA, VARLEN,
+                 BLOCK_N, BLOCK_D)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
         qk = tl.where((offs_n[None, :] <= (offs_m + delta)[:, None]) & col_ok[None, :], qk, float("-inf"))
@@ -38,15 +57,15 @@ def _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok, start_n
     p = tl.exp2(qk - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + (k_start + offs_n).to(tl.int64)[:, None] * stride_vn + offs_d[None, :],
-                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    v = _load_kv(v_base, desc_v, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, stride_vn, start_n, TMA, VARLEN,
+                 BLOCK_N, BLOCK_D)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
 @triton.jit
 def _attention_fwd_kernel(
-    Q, K, V, Out, Lse, KvCount, KvIndex, CuSeqQ, CuSeqK,
+    Q, K, V, Out, Lse, KvCount, KvIndex, CuSeqQ, CuSeqK, DescK, DescV,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -57,7 +76,7 @@ def _attention_fwd_kernel(
     q_len_fixed, k_len_fixed, n_kblocks_grid, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, TMA_EDGE: tl.constexpr,
 ):
     # Heaviest tiles (the last query blocks see the most keys) are scheduled first.
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -94,15 +113,16 @@ def _attention_fwd_kernel(
     for it in range(0, n_unmasked):
         block_start = tl.load(index_row + it) * BLOCK_SIZE
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok,
-                                         block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn, stride_vn,
-                                         qk_scale, False, BLOCK_N, DOT_PRECISION)
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, DescK, DescV, seq, kv_head, offs_m, offs_d,
+                                         d_ok, block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn,
+                                         stride_vn, qk_scale, False, TMA, VARLEN, BLOCK_N, BLOCK_D, DOT_PRECISION)
     for it in range(n_unmasked, count):
         block_start = tl.load(index_row + it) * BLOCK_SIZE
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, d_ok,
-                                         block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn, stride_vn,
-                                         qk_scale, True, BLOCK_N, DOT_PRECISION)
+            # a packed tile past the sequence's end would read the next sequence's keys
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, DescK, DescV, seq, kv_head, offs_m, offs_d,
+                                         d_ok, block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn,
+                                         stride_vn, qk_scale, True, TMA_EDGE, VARLEN, BLOCK_N, BLOCK_D, DOT_PRECISION)
 
     empty = l_i == 0.0  # no selected key is visible to the query
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -128,6 +148,7 @@ def block_sparse_attention(
     lse: torch.Tensor | None = None,
     config: dict | None = None,
     launches: Launches | None = None,
+    tma: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel; arguments are assumed validated (see ``rrattention.api``).
 
@@ -139,7 +160,9 @@ def block_sparse_attention(
     ``kv_count`` ``[N, Hq, nbq_max]``, ``kv_index`` ``[N, Hq, nbq_max, nbk_max]``; returns
     ``out`` ``[Tq, Hq, D]`` and ``lse`` ``[Hq, Tq]``.
 
-    ``out`` / ``lse`` may be passed preallocated; every valid element is written.
+    ``out`` / ``lse`` may be passed preallocated; every valid element is written. ``tma``: load K
+    and V through tensor descriptors (None: where :func:`tma_supported` allows; True forces it,
+    which the CPU interpreter runs too).
     """
     varlen = cu_seqlens_q is not None
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
@@ -154,20 +177,46 @@ def block_sparse_attention(
         kv_index = kv_index.expand(num_seqs, q.shape[1], -1, -1)
     if kv_index.stride(-1) != 1:
         kv_index = kv_index.contiguous()
+    if tma is None:
+        tma = tma_supported(k, v)
     grid, scalars, constexprs = _attention_geometry(
         q.shape, q.stride(), k.shape, k.stride(), v.stride(), out.stride(), lse.stride(), kv_count.stride(),
         kv_index.shape, kv_index.stride(), q.dtype, num_seqs, varlen, max_seqlen_q, block_size, scale,
-        tuple(sorted(config.items())) if config else (),
+        tuple(sorted(config.items())) if config else (), tma,
     )
+    if tma:
+        # one key row per load: [B, Hkv, Lk, D] → [1, 1, BLOCK_N, D]; packed [Tk, Hkv, D] → [BLOCK_N, 1, D]
+        block = [constexprs["BLOCK_N"], 1, k.shape[-1]] if varlen else [1, 1, constexprs["BLOCK_N"], k.shape[-1]]
+        desc_k, desc_v = (TensorDescriptor(x, list(x.shape), list(x.stride()), block) for x in (k, v))
+    else:
+        desc_k, desc_v = k, v  # unused
     dummy = kv_count  # CuSeq pointers are unused without VARLEN
     launch(_attention_fwd_kernel, grid, (q, k, v, out, lse, kv_count, kv_index, cu_seqlens_q if varlen else dummy,
-                                         cu_seqlens_k if varlen else dummy), scalars, constexprs, launches)
+                                         cu_seqlens_k if varlen else dummy, desc_k, desc_v), scalars, constexprs,
+           launches)
     return out, lse
+
+
+def tma_supported(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """K and V can be read through TMA descriptors: on a GPU of compute capability 9 or later, in
+    fp16/bf16, with a power-of-two head dim and 16-byte aligned base pointers and strides."""
+    if not k.is_cuda or k.dtype not in (torch.float16, torch.bfloat16) or not _has_tma(k.device.index):
+        return False
+    size = k.element_size()
+    head_dim = k.shape[-1]
+    return (head_dim == next_pow2(head_dim) and head_dim * size >= 16
+            and all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in x.stride()[:-1])
+                    for x in (k, v)))
+
+
+@functools.cache
+def _has_tma(device_index: int | None) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 @functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
 def _attention_geometry(q_shape, q_stride, k_shape, k_stride, v_stride, o_stride, l_stride, count_stride, index_shape,
-                        index_stride, dtype, num_seqs, varlen, max_seqlen_q, block_size, scale, config):
+                        index_stride, dtype, num_seqs, varlen, max_seqlen_q, block_size, scale, config, tma):
     head_dim, q_heads = q_shape[-1], q_shape[1]
     group = q_heads // k_shape[1]
     if varlen:  # [T, H, D]: no batch stride; the token stride is dim 0
@@ -180,12 +229,13 @@ def _attention_geometry(q_shape, q_stride, k_shape, k_stride, v_stride, o_stride
         l_strides = l_stride
         q_len_fixed, k_len_fixed = q_shape[2], k_shape[2]
         grid_q = q_len_fixed
-    cfg = launch_config("attention", head_dim=head_dim, block_size=block_size, dtype=dtype, override=dict(config))
+    cfg = launch_config("attention_tma" if tma else "attention", head_dim=head_dim, block_size=block_size, dtype=dtype,
+                        override=dict(config))
     n_kblocks = index_shape[-1]
     scalars = (*q_strides, *k_strides, *v_strides, *o_strides, *l_strides, *count_stride, *index_stride[:3],
                q_len_fixed, k_len_fixed, n_kblocks, scale * math.log2(math.e))
     constexprs = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
                       BLOCK_K=max(16, next_pow2(n_kblocks)), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      VARLEN=varlen, DOT_PRECISION=dot_precision(dtype), num_warps=cfg["num_warps"],
-                      num_stages=cfg["num_stages"])
+                      VARLEN=varlen, DOT_PRECISION=dot_precision(dtype), TMA=tma, TMA_EDGE=tma and not varlen,
+                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return (cdiv(grid_q, cfg["BLOCK_M"]), q_heads, num_seqs), scalars, constexprs
