@@ -208,15 +208,15 @@ def test_packed_attention_reads_no_key_of_the_next_sequence(tma):
 def test_tma_loads_only_where_the_tensors_allow():
     from rrattention.kernels.block_sparse_attention import tma_supported
 
-    k = torch.randn(1, 2, 64, 64, dtype=torch.float16, device=DEVICE)
-    assert not tma_supported(torch.randn(1, 2, 64, 64, dtype=torch.float16), k.cpu())  # CPU tensors
+    k = torch.randn(1, 2, 64, 128, dtype=torch.float16, device=DEVICE)
+    assert not tma_supported(torch.randn(1, 2, 64, 128, dtype=torch.float16), k.cpu())  # CPU tensors
     if GPU and torch.cuda.get_device_capability()[0] >= 9:
         assert tma_supported(k, k)
         assert tma_supported(k.transpose(1, 2).contiguous().transpose(1, 2), k)  # a framework's [B, L, H, D] memory
         assert not tma_supported(k.float(), k.float())  # fp32 keeps the pointer loads
-        odd = torch.randn(1, 2, 64, 80, dtype=torch.float16, device=DEVICE)
-        assert not tma_supported(odd, odd)  # a head dim that is not a power of two
-        shifted = torch.randn(2 * 64 * 64 + 1, dtype=torch.float16, device=DEVICE)[1:].view(1, 2, 64, 64)
+        other = torch.randn(1, 2, 64, 64, dtype=torch.float16, device=DEVICE)
+        assert not tma_supported(other, other)  # a head dim without a measured gain
+        shifted = torch.randn(2 * 64 * 128 + 1, dtype=torch.float16, device=DEVICE)[1:].view(1, 2, 64, 128)
         assert not tma_supported(shifted, k)  # a base pointer off the 16-byte grid
 
 

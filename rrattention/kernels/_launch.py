@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 # Triton releases whose compiled-kernel launcher takes every argument, constexprs included, in
 # declaration order (read in their sources; 3.6 checked on the H200 by tools/gpu_check.py).
@@ -72,9 +73,9 @@ class Launches:
 def _tensor_key(t) -> tuple:
     """What Triton specialises a tensor argument on; a TMA descriptor also on its shape, strides and
     block (one plan's descriptors all have the same, so keeping them costs no cache hits)."""
-    if isinstance(t, torch.Tensor):
-        return t.dtype, t.data_ptr() & 15
-    return t.base.dtype, t.base.data_ptr() & 15, tuple(t.shape), tuple(t.strides), tuple(t.block_shape)
+    if isinstance(t, TensorDescriptor):
+        return t.base.dtype, t.base.data_ptr() & 15, tuple(t.shape), tuple(t.strides), tuple(t.block_shape)
+    return t.dtype, t.data_ptr() & 15
 
 
 def launch(kernel, grid: tuple[int, int, int], tensors: tuple, scalars: tuple, constexprs: dict,

@@ -7,11 +7,11 @@ with an online softmax in fp32. The token-level causal predicate ``key ≤ query
 for any ``δ`` covers every block where it can bite; the other blocks run a mask-free loop.
 GQA reads K/V of head ``h // G`` without repeating them.
 
-On Hopper and later the key and value tiles are loaded through tensor descriptors (TMA) where the
-tensors allow (fp16/bf16, head dim a power of two, 16-byte aligned): 0.79 → 0.85 and 0.72 → 0.77
-of cuDNN's speed per computed block at 32K for D=64 and D=128 on the H200, and 0.77 → 0.86 at 128K
-(``results/kernels/h200/``). A descriptor's bounds are the tensor's, so in the packed layout the
-tiles that cross a sequence's end keep masked pointer loads.
+On Hopper and later, for D=128, the key and value tiles are loaded through tensor descriptors
+(TMA) where the tensors allow (fp16/bf16, 16-byte aligned): 0.72 → 0.79 of cuDNN's speed per
+computed block at 32K on the H200 and 0.77 → 0.88 at 128K (``results/kernels/h200/``). A
+descriptor's bounds are the tensor's, so in the packed layout the tiles that cross a sequence's
+end keep masked pointer loads.
 """
 
 from __future__ import annotations
@@ -34,10 +34,13 @@ def _load_kv(base, desc, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, st
     """The ``[BLOCK_N, BLOCK_D]`` key or value tile at key ``start_n``; zeros past ``Lk`` and ``D``."""
     if TMA:  # the descriptor zero-fills past the tensor's bounds
         if VARLEN:  # [Tk, Hkv, D]
-            return tl.reshape(desc.load([k_start + start_n, kv_head, 0]), (BLOCK_N, BLOCK_D))
-        return tl.reshape(desc.load([seq, kv_head, start_n, 0]), (BLOCK_N, BLOCK_D))  # [B, Hkv, Lk, D]
-    return tl.load(base + (k_start + offs_n).to(tl.int64)[:, None] * stride_n + offs_d[None, :],
-                   mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            tile = tl.reshape(desc.load([k_start + start_n, kv_head, 0]), (BLOCK_N, BLOCK_D))
+        else:  # [B, Hkv, Lk, D]
+            tile = tl.reshape(desc.load([seq, kv_head, start_n, 0]), (BLOCK_N, BLOCK_D))
+    else:
+        tile = tl.load(base + (k_start + offs_n).to(tl.int64)[:, None] * stride_n + offs_d[None, :],
+                       mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    return tile
 
 
 @triton.jit
@@ -197,14 +200,18 @@ def block_sparse_attention(
     return out, lse
 
 
+# Head dims whose TMA path was measured faster than the pointer loads (H200, 32K-128K). D=64 ran
+# slower through the rank-4 descriptors: 0.79 -> 0.66 of cuDNN's speed per computed block at 32K.
+TMA_HEAD_DIMS = frozenset({128})
+
+
 def tma_supported(k: torch.Tensor, v: torch.Tensor) -> bool:
-    """K and V can be read through TMA descriptors: on a GPU of compute capability 9 or later, in
-    fp16/bf16, with a power-of-two head dim and 16-byte aligned base pointers and strides."""
+    """K and V are read through TMA descriptors: on a GPU of compute capability 9 or later, in
+    fp16/bf16, for a head dim of :data:`TMA_HEAD_DIMS`, with 16-byte aligned base pointers and strides."""
     if not k.is_cuda or k.dtype not in (torch.float16, torch.bfloat16) or not _has_tma(k.device.index):
         return False
     size = k.element_size()
-    head_dim = k.shape[-1]
-    return (head_dim == next_pow2(head_dim) and head_dim * size >= 16
+    return (k.shape[-1] in TMA_HEAD_DIMS
             and all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in x.stride()[:-1])
                     for x in (k, v)))
 
