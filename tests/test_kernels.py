@@ -179,7 +179,7 @@ def test_packed_sequences_in_one_launch_match_per_sequence_reference():
         want, stats = rr.rr_attention(qs, ks, vs, cfg, return_stats=True, backend="reference")
         torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]].float(), want[0].transpose(0, 1).float(), atol=2e-2, rtol=2e-2)
         rows, cols = stats.block_mask.shape[-2:]
-        assert torch.equal(mask[s, :, :rows, :cols], stats.block_mask[0])  # dense sequences: every visible block
+        assert torch.equal(mask[s, :, :rows, :cols].cpu(), stats.block_mask[0].cpu())  # dense sequences: every visible block
         assert not bool(mask[s, :, rows:].any() or mask[s, :, :, cols:].any())
 
 

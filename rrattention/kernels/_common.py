@@ -16,8 +16,8 @@ _CONFIGS = {
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
     },
-    # K and V through TMA (Hopper): the fastest of a sweep at 32K-128K on the H200 (.gpu experiment
-    # recorded in results/kernels/h200/README.md)
+    # K and V through TMA (Hopper): the fastest of BLOCK_N 64/128, 4/8 warps and 2-4 stages at
+    # 32K-128K on the H200 (`tools/bench_kernels.py --sweep L` repeats the sweep)
     "attention_tma": {
         64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),

@@ -8,8 +8,9 @@ for any ``δ`` covers every block where it can bite; the other blocks run a mask
 GQA reads K/V of head ``h // G`` without repeating them.
 
 On Hopper and later, for D=128, the key and value tiles are loaded through tensor descriptors
-(TMA) where the tensors allow (fp16/bf16, 16-byte aligned): 0.72 → 0.79 of cuDNN's speed per
-computed block at 32K on the H200 and 0.77 → 0.88 at 128K (``results/kernels/h200/``). A
+(TMA) where the tensors allow (fp16/bf16, 16-byte aligned): 0.71–0.74 → 0.78–0.79 of cuDNN's speed
+per computed block at 32K on the H200 and 0.78–0.80 → 0.84–0.87 at 128K, at densities 0.25–0.5
+(``results/kernels/h200/tma-c45b631/``). A
 descriptor's bounds are the tensor's, so in the packed layout the tiles that cross a sequence's
 end keep masked pointer loads.
 """
@@ -201,7 +202,9 @@ def block_sparse_attention(
 
 
 # Head dims whose TMA path was measured faster than the pointer loads (H200, 32K-128K). D=64 ran
-# slower through the rank-4 descriptors: 0.79 -> 0.66 of cuDNN's speed per computed block at 32K.
+# slower through the rank-4 descriptors: 0.79 -> 0.66 of cuDNN's speed per computed block at 32K
+# (a rank-2 descriptor over contiguous [Hkv * Lk, D] keys reached 0.85 in a session experiment, but
+# needs a layout that frameworks' [B, L, H, D] tensors do not have).
 TMA_HEAD_DIMS = frozenset({128})
 
 
