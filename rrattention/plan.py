@@ -74,7 +74,6 @@ class _Setting:
         object.__setattr__(self, "dense_name", None if self.dense is None else dense_name(self.dense))
 
 
-
 @dataclass
 class PlanRun:
     """What one call produced. ``selection`` is None for a dense call (and for a packed batch run
