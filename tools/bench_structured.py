@@ -23,7 +23,6 @@ import dataclasses
 import datetime
 import os
 import platform
-import shlex
 import sys
 from pathlib import Path
 
@@ -37,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rrattention as rr  # noqa: E402
 from rrattention.methods.base import problem_of  # noqa: E402
 
-from structured_inputs import structured_qkv  # noqa: E402  (tools/, on sys.path when this script runs)
+from report import command, write_table  # noqa: E402  (tools/, on sys.path when this script runs)
+from structured_inputs import structured_qkv  # noqa: E402
 
 
 def bench(fn) -> float:
@@ -101,18 +101,11 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     provenance = (
         f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; Python {platform.python_version()}; "
-        f"git {os.environ.get('RRATTENTION_GIT_COMMIT', 'unknown')}; date {datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; B=1, Hq={args.q_heads}, "
+        f"git {os.environ.get('RRATTENTION_GIT_COMMIT', 'unknown')}; date {datetime.date.today()}; command: {command()}; B=1, Hq={args.q_heads}, "
         f"Hkv={args.kv_heads}, D={args.head_dim}, bf16, causal, tools/structured_inputs.py (seed = L); "
         f"RRConfig(min_sparse_len={args.min_sparse_len}) (default crossover for this shape: {crossover})"
     )
-    print(df.to_string(index=False))
-    print(provenance)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out / "bench_structured.csv", index=False)
-        (args.out / "bench_structured.md").write_text(
-            f"# Whole rr_attention on structured inputs\n\n{provenance}\n\n"
-            + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_table(df, args.out, "bench_structured", "Whole rr_attention on structured inputs", provenance)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -40,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rrattention as rr  # noqa: E402
 from rrattention.integrations import hf  # noqa: E402
+
+from report import command, write_table  # noqa: E402  (tools/, on sys.path when this script runs)
 
 VOCAB, VIDEO, V_START, V_END = 2048, 2001, 2002, 2003
 GEOMETRY = {  # language model; the vision tower is the same small one for both
@@ -175,18 +176,13 @@ def main(argv=None) -> None:
         triton_version = "none"
     provenance = (f"Device: {machine}; torch {torch.__version__}; triton {triton_version}; transformers "
                   f"{transformers.__version__}; git {os.environ.get('RRATTENTION_GIT_COMMIT', 'unknown')}; date "
-                  f"{datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; random Qwen2-VL, "
+                  f"{datetime.date.today()}; command: {command()}; random Qwen2-VL, "
                   f"language model {args.geometry} geometry with {args.layers} layers, {dtype}, B=1; random frames")
-    print(df.to_string(index=False))
-    print(provenance)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out / "bench_vlm_prefill.csv", index=False)
-        (args.out / "bench_vlm_prefill.md").write_text(
-            "# Video-LLM prefill: SDPA vs rrattention (random weights: a timing, not a quality claim)\n\n"
-            f"{provenance}\n\nMilliseconds, medians; `vision_ms` is the vision tower alone (the same SDPA calls under "
-            "both); `lm_*_calls` count the language model's prefill calls, `vision_*_calls` the vision tower's "
-            "(all dense: non-causal); `max_abs_dlogit` is a sanity check, not a fidelity measure (random weights).\n\n" + df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_table(df, args.out, "bench_vlm_prefill",
+                "Video-LLM prefill: SDPA vs rrattention (random weights: a timing, not a quality claim)", provenance,
+                "Milliseconds, medians; `vision_ms` is the vision tower alone (the same SDPA calls under both); "
+                "`lm_*_calls` count the language model's prefill calls, `vision_*_calls` the vision tower's (all dense: "
+                "non-causal); `max_abs_dlogit` is a sanity check, not a fidelity measure (random weights).")
 
 
 if __name__ == "__main__":
