@@ -14,8 +14,8 @@ SPARSE = rr.RRConfig(tau=0.8, stride=4, block_size=32, min_sparse_len=0)
 
 
 def _tiny(family: str, **extra):
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, **extra)
+    common = dict(dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096), **extra)
     torch.manual_seed(0)
     if family == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
@@ -192,6 +192,48 @@ def test_per_layer_config_and_timing():
     assert set(second.timings_ms) == {"estimate", "select", "attention"}
     assert all(t >= 0 for t in second.timings_ms.values())
     assert stats.layer_sparsity() == {0: 0.0, 1: 0.0}
+
+
+def test_dense_calls_of_a_known_layout_go_straight_to_sdpa(monkeypatch):
+    """After one layer's first dense call of a layout, the layers sharing its setting run
+    transformers' SDPA without the hook's planning; a layer of its own setting, a collector and a
+    padding mask still take the full path, and the outputs do not change."""
+    model = _tiny("llama", num_hidden_layers=4)
+    cfg = rr.RRConfig(tau=0.8, stride=4, block_size=32, min_sparse_len=250, layer_overrides={2: {"min_sparse_len": 0}})
+    rr.hf.configure(model, cfg)
+    planned = []
+    full_path = rr.integrations.hf.attention_call
+
+    def counting(state, layer, *args, **kwargs):
+        planned.append(layer)
+        return full_path(state, layer, *args, **kwargs)
+
+    monkeypatch.setattr(rr.integrations.hf, "attention_call", counting)
+    ids = torch.randint(0, 128, (1, 200), generator=torch.Generator().manual_seed(3))  # below 250: dense but layer 2
+    first = _logits(model, ids)
+    assert planned == [0, 2]  # layer 0 decided for layers 1 and 3
+    planned.clear()
+    assert torch.equal(_logits(model, ids), first) and planned == [2]
+    planned.clear()
+    with rr.hf.collect_stats(model) as stats:
+        assert torch.equal(_logits(model, ids), first)
+    assert planned == [0, 1, 2, 3] and [r.is_dense for r in stats.records] == [True, True, False, True]
+    planned.clear()
+    padding = torch.ones(2, 200, dtype=torch.long)
+    padding[0, :20] = 0
+    _logits(model, ids.expand(2, -1), attention_mask=padding)  # a mask is read by the plan, never skipped
+    assert planned == [0, 1, 2, 3]
+    model.set_attn_implementation("sdpa")
+    want = _logits(model, ids)
+    rr.hf.configure(model, rr.RRConfig(min_sparse_len=250))  # a new configuration decides afresh
+    planned.clear()
+    torch.testing.assert_close(_logits(model, ids), want, atol=1e-5, rtol=1e-5)
+    assert planned == [0]
+    # decode adds a layout per step: the remembered layouts stay bounded
+    monkeypatch.setattr(rr.integrations._calls, "FRAMEWORK_DENSE_LAYOUTS", 3)
+    with torch.no_grad():
+        model.generate(ids.to(DEVICE), max_new_tokens=6, do_sample=False)
+    assert len(rr.integrations.hf.module_state(model.model.layers[0].self_attn).framework_dense) <= 3
 
 
 def test_methods_by_name():

@@ -18,8 +18,9 @@ that ran dense (spec §6: below the crossover ``min_sparse_len``, every call of 
 
 ``--profile 16384,32768`` also profiles one forward pass at those lengths with each attention
 (``torch.profiler``): wall time, the time the host took to issue the pass (host-bound when it is
-close to the wall time), the summed GPU kernel time, and the kernels that took it, written to
-``profile.md`` beside the table.
+close to the wall time), the summed GPU kernel time, the host's calls into the CUDA runtime and
+driver (their count and time, and how many synchronised with the GPU), and the kernels that took
+the GPU time, written to ``profile.md`` beside the table.
 """
 
 from __future__ import annotations
@@ -84,11 +85,17 @@ def profile_forward(model, ids, label: str) -> tuple[dict, list]:
             issued = time.perf_counter() - start
             torch.cuda.synchronize()
             wall = time.perf_counter() - start
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     total_us = sum(e.self_device_time_total for e in kernels)
     top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:8]
+    # the host's calls into the CUDA runtime and driver (cuda*, cu*), and those that wait for the GPU
+    api = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("cu")]
     summary = dict(L=ids.shape[1], attention=label, wall_ms=wall * 1e3, host_issue_ms=issued * 1e3,
-                   gpu_kernels_ms=total_us / 1e3, kernel_launches=sum(e.count for e in kernels))
+                   gpu_kernels_ms=total_us / 1e3, kernel_launches=sum(e.count for e in kernels),
+                   cuda_api_calls=sum(e.count for e in api),
+                   cuda_api_ms=sum(e.self_cpu_time_total for e in api) / 1e3,
+                   host_syncs=sum(e.count for e in api if "Synchronize" in e.key))
     rows = [dict(L=ids.shape[1], attention=label, kernel=e.key[:70], calls=e.count, ms=e.self_device_time_total / 1e3)
             for e in top]
     return summary, rows

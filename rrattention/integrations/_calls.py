@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import policy
 from .._checks import check_qkv, check_scale
 from ..config import AttentionConfig, RRConfig
 from ..plan import AttentionPlan, PaddingPlan
@@ -140,9 +141,29 @@ class ModelState:
     cuda_graphs: bool | None = CUDA_GRAPHS
 
     config_json: str = field(init=False)  # cfg as the custom op's argument, made before any compiled call reads it
+    # The unmasked causal calls (by :meth:`dense_layout`) that run the framework's dense attention
+    # with nothing else to do: a hook sends the next ones there at once. The decision is a layer
+    # setting's (spec §6 and the dense backend), so one layer's first call decides for the others.
+    framework_dense: set = field(init=False, repr=False, default_factory=set)
+    _own_settings: frozenset = field(init=False, repr=False)
 
     def __post_init__(self):
         self.config_json = json.dumps({"method": self.cfg.method, "settings": self.cfg.to_dict()}, sort_keys=True)
+        self._own_settings = policy.own_setting_layers(self.cfg)
+
+    def dense_layout(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> tuple:
+        """What an unmasked causal call's dense/sparse decision depends on."""
+        setting = layer if layer in self._own_settings else policy.MODEL_WIDE
+        return setting, query.shape, key.shape, query.dtype, query.device, scaling
+
+    def runs_framework_dense(self, layer: int | None, query: torch.Tensor, key: torch.Tensor,
+                             scaling: float | None) -> bool:
+        """The call (no mask, causal) runs the framework's dense attention and records nothing."""
+        return self.collector is None and self.dense_layout(layer, query, key, scaling) in self.framework_dense
+
+
+# Decode adds a layout per step: the set is emptied when it reaches this size.
+FRAMEWORK_DENSE_LAYOUTS = 1024
 
 
 def method_config(cfg: AttentionConfig | None, method: str | None, backend: str | None, settings: dict) -> AttentionConfig:
@@ -293,6 +314,10 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
     planned_dense = (reason is not None and mask is None and not isinstance(plan, MaskedDense) and q_len > 1
                      and (q_len < k_len or _library_dense(plan, layer)))
     if reason is not None and not collect and not planned_dense:
+        if mask is None and causal:
+            if len(state.framework_dense) >= FRAMEWORK_DENSE_LAYOUTS:
+                state.framework_dense.clear()
+            state.framework_dense.add(state.dense_layout(layer, query, key, scaling))
         return dense()  # the common dense call (decode, short prompts): nothing else to do or record
     stats = None
     if reason is None and isinstance(plan, PaddingPlan):

@@ -200,6 +200,12 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
 
     state = module_state(module)
     layer = getattr(module, "layer_idx", None)
+    # A short prompt's calls run transformers' SDPA: after a layout's first call, nothing else runs
+    # (the pass is host-bound there, and every microsecond of every layer shows in its time). An
+    # encoder's unmasked call of such a layout runs the same SDPA with its own is_causal.
+    if (attention_mask is None and state.runs_framework_dense(layer, query, key, scaling)
+            and not torch.compiler.is_compiling()):
+        return _sdpa(module, query, key, value, None, scaling, dropout, kwargs), None
     # the call's own flag first (as transformers' SDPA reads it): vision encoders pass is_causal=False
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
