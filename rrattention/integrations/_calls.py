@@ -158,7 +158,8 @@ class ModelState:
 
     def runs_framework_dense(self, layer: int | None, query: torch.Tensor, key: torch.Tensor,
                              scaling: float | None) -> bool:
-        """The call (no mask, causal) runs the framework's dense attention and records nothing."""
+        """An unmasked call of this layout runs the framework's dense attention and records nothing (its
+        causal calls did so; a non-causal one always does)."""
         # A model whose calls have all run sparse builds no layout: its calls pay nothing here.
         return (self.collector is None and bool(self.framework_dense)
                 and self.dense_layout(layer, query, key, scaling) in self.framework_dense)
