@@ -95,14 +95,22 @@ def _defaults(fn) -> dict:
     return {name: p.default for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
 
 
+def _is_decoder_attention(module: torch.nn.Module) -> bool:
+    return hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups")
+
+
+def _is_encoder_attention(module: torch.nn.Module) -> bool:
+    return getattr(module, "is_causal", None) is False and not hasattr(module, "layer_idx")
+
+
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's attention modules: those transformers gives a ``layer_idx`` and KV grouping."""
-    return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
+    return [m for m in model.modules() if _is_decoder_attention(m)]
 
 
 def encoder_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's bidirectional attention modules (a VLM's vision tower): ``is_causal`` False, no ``layer_idx``."""
-    return [m for m in model.modules() if getattr(m, "is_causal", None) is False and not hasattr(m, "layer_idx")]
+    return [m for m in model.modules() if _is_encoder_attention(m)]
 
 
 def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, method: str | None = None,
@@ -120,14 +128,19 @@ def configure(model: torch.nn.Module, cfg: AttentionConfig | None = None, *, met
     (SmolLM2's 32K call), True for every sparse call, False never. Returns the model.
     """
     cfg = method_config(cfg, method, backend, settings)
-    modules = attention_modules(model)
+    modules, encoders = [], []
+    for module in model.modules():  # one walk: a large model has thousands of modules
+        if _is_decoder_attention(module):
+            modules.append(module)
+        elif _is_encoder_attention(module):
+            encoders.append(module)
     if not modules:
         raise ValueError(
             f"model ({type(model).__name__}) has no attention module with `layer_idx` and `num_key_value_groups`; "
             "rrattention needs a transformers model that uses AttentionInterface"
         )
     # one state: encoder calls are recorded too
-    attach(modules + encoder_attention_modules(model), cfg, backend, tensor_parallel_rank(modules[0]), cuda_graphs)
+    attach(modules + encoders, cfg, backend, tensor_parallel_rank(modules[0]), cuda_graphs)
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     return model
 
