@@ -205,6 +205,61 @@ def test_packed_attention_reads_no_key_of_the_next_sequence(tma):
         torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]].float(), want[0].transpose(0, 1).float(), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("memory", ["heads", "tokens"])  # [B, H, L, D] or a framework's [B, L, H, D]
+@pytest.mark.parametrize("lq, lk", [(100, 160), (128, 128)])  # Lk inside or at the end of its last block
+@pytest.mark.parametrize("heads_first", [False, True])
+def test_padded_attention_reads_no_row_past_its_keys(memory, lq, lk, heads_first):
+    """Keys and values are views into larger buffers whose other rows are not finite: a
+    descriptor tile that crossed ``Lk`` would read them (the next head's or sequence's rows of the
+    2-D view), so those tiles must be loaded with masks."""
+    batch, hq, hkv, dim, block = 2, 4, 2, 32, 64
+    q, k, v = make_qkv(batch, hq, hkv, lq, lk, dim, dtype=torch.float16, device=DEVICE, seed=lk)
+
+    def poisoned_view(x):  # the same values, with 40 rows of inf after each head's (or sequence's) keys
+        if memory == "heads":
+            buffer = torch.full((batch, hkv, lk + 40, dim), float("inf"), dtype=x.dtype, device=DEVICE)
+            buffer[:, :, :lk] = x
+            return buffer[:, :, :lk]
+        buffer = torch.full((batch, lk + 40, hkv, dim), float("inf"), dtype=x.dtype, device=DEVICE)
+        buffer[:, :lk] = x.transpose(1, 2)
+        return buffer[:, :lk].transpose(1, 2)
+
+    kp, vp = poisoned_view(k), poisoned_view(v)
+    mask = torch.ones(batch, hq, -(-lq // block), -(-lk // block), dtype=torch.bool, device=DEVICE)
+    mask[1, 2, :, 1] = False
+    count, index = rr.to_kv_index(mask)
+    want = rr.block_sparse_attention(q, k, v, mask, block_size=block, backend="reference")
+    out, _ = attention_kernel(q, kp, vp, count, index, block_size=block, scale=dim**-0.5, tma=True,
+                              config=dict(BLOCK_M=32, BLOCK_N=32, HEADS_FIRST=heads_first))
+    torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_row_view_addresses_every_key_row():
+    from rrattention.kernels.block_sparse_attention import _row_view
+
+    x = torch.zeros(2, 3, 10, 16)
+    for view, layout in ((x, "heads"), (x.transpose(1, 2).contiguous().transpose(1, 2), "tokens"),
+                         (torch.zeros(2, 10, 7, 16)[:, :, 2:5].transpose(1, 2), "tokens inside fused heads"),
+                         (torch.zeros(2, 3, 12, 16)[:, :, :10], "heads with spare rows"),
+                         (x[:1], "one sequence"), (torch.zeros(30, 3, 16), "packed")):
+        (rows, cols), row_stride, rows_seq, rows_head, cols_head = _row_view(view.shape, view.stride())
+        seqs = view.shape[0] if view.dim() == 4 else 1
+        for b, h, n in itertools.product(range(seqs), range(3), range(view.shape[-2] if view.dim() == 4 else 30)):
+            element = (b * rows_seq + h * rows_head + n) * row_stride + h * cols_head
+            want = (view[b, h, n] if view.dim() == 4 else view[n, h]).data_ptr() - view.data_ptr()
+            assert element * view.element_size() == want, layout
+        assert (rows - 1) * row_stride + cols <= view.untyped_storage().nbytes() // view.element_size(), layout
+    # rows of different lengths apart per sequence, and heads that overlap a row
+    assert _row_view((2, 3, 10, 16), (3 * 10 * 16 + 8, 160, 16, 1)) is None
+    assert _row_view((2, 3, 10, 16), (480, 8, 48, 1)) is None
+    skewed = torch.zeros(2 * 3 * 10 * 16 + 16, dtype=torch.float16)[: 2 * 3 * 10 * 16 + 8].as_strided(
+        (2, 3, 10, 16), (3 * 10 * 16 + 4, 160, 16, 1))
+    with pytest.raises(ValueError, match="tma=True needs a power-of-two head dim"):
+        attention_kernel(torch.zeros(2, 3, 10, 16, dtype=torch.float16), skewed, skewed,
+                         torch.ones(2, 3, 1, dtype=torch.int32), torch.zeros(2, 3, 1, 1, dtype=torch.int32),
+                         block_size=64, scale=0.25, tma=True)
+
+
 def test_tma_loads_only_where_the_tensors_allow():
     from rrattention.kernels.block_sparse_attention import tma_supported
 
@@ -214,8 +269,10 @@ def test_tma_loads_only_where_the_tensors_allow():
         assert tma_supported(k, k)
         assert tma_supported(k.transpose(1, 2).contiguous().transpose(1, 2), k)  # a framework's [B, L, H, D] memory
         assert not tma_supported(k.float(), k.float())  # fp32 keeps the pointer loads
-        other = torch.randn(1, 2, 64, 64, dtype=torch.float16, device=DEVICE)
+        other = torch.randn(1, 2, 64, 32, dtype=torch.float16, device=DEVICE)
         assert not tma_supported(other, other)  # a head dim without a measured gain
+        fused = torch.randn(1, 64, 6, 128, dtype=torch.float16, device=DEVICE)[:, :, 2:4].transpose(1, 2)
+        assert tma_supported(fused, fused)  # keys inside a fused projection's rows
         shifted = torch.randn(2 * 64 * 128 + 1, dtype=torch.float16, device=DEVICE)[1:].view(1, 2, 64, 128)
         assert not tma_supported(shifted, k)  # a base pointer off the 16-byte grid
 

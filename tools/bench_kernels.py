@@ -9,13 +9,20 @@ Writes ``bench_kernels.csv``, ``bench_kernels.md`` (table with provenance) and `
 into ``--out``. Times are medians of ``triton.testing.do_bench`` (CUDA events, after warm-up).
 Density ``d`` counts selected / causally visible blocks; masks are random per head and query
 block, always holding the sink and diagonal blocks, and identical for FlexAttention and ours.
+``--masks structured`` times one mask per length instead: what the estimator and selection
+(default ``RRConfig``) choose on ``tools/structured_inputs.py`` (local, sink-heavy and diffuse
+heads). ``--layout tokens`` keeps q, k, v in a framework's ``[B, L, H, D]`` memory.
+``--variants`` times launch-config variants of our kernel on the same masks, and
+``--compare-attention`` another version of the kernel (its outputs must be identical).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib
+import json
 import platform
 import shlex
 import sys
@@ -36,6 +43,7 @@ from rrattention.kernels.estimate import estimate_block_scores  # noqa: E402
 from rrattention.kernels.flex_attention import block_sparse_attention as flex_sparse  # noqa: E402
 from rrattention.kernels.select import select_blocks  # noqa: E402
 from rrattention.reference import visible_blocks  # noqa: E402
+from structured_inputs import structured_qkv  # noqa: E402
 
 
 def bench(fn) -> float:
@@ -71,14 +79,14 @@ def random_mask(heads: int, length: int, block: int, density: float, seed: int) 
     return ((free & keep) | forced)[None]
 
 
-def sweep(length, hq, hkv, d, block, stride, kernels) -> None:
+def sweep(length, hq, hkv, d, block, stride, kernels, layout) -> None:
     """Launch-config variants of ``kernels`` at one length, printed fastest first with the default
     config's time (to choose kernels/_common.py)."""
     import itertools
 
-    q = torch.randn(1, hq, length, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (torch.randn(1, h, length, d, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+    if layout == "tokens":
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     mask = random_mask(hq, length, block, 0.5, seed=0)
     count, index = rr.to_kv_index(mask)
     results = []
@@ -106,7 +114,7 @@ def sweep(length, hq, hkv, d, block, stride, kernels) -> None:
                                                           head_shift="round_robin", scale=d**-0.5)}
     for kernel in kernels:
         rows = sorted((r for r in results if r[0] == kernel and r[2] == r[2]), key=lambda r: r[2])
-        print(f"{kernel} at L={length}, Hq={hq}, Hkv={hkv}, D={d}: default config {bench(defaults[kernel]):.3f} ms; "
+        print(f"{kernel} at L={length}, Hq={hq}, Hkv={hkv}, D={d}, {layout} layout: default config {bench(defaults[kernel]):.3f} ms; "
               "fastest first:")
         for _, cfg, t in rows[:8]:
             print(f"  {t:8.3f} ms  {cfg}")
@@ -135,6 +143,14 @@ def main() -> None:
                     help="with --select: also time MODULE's estimate_block_scores (another version of the estimator "
                          "kernel) on the same inputs, and check that its scores are identical, or differ by rounding only")
     ap.add_argument("--sweep-kernels", default="attention,estimate", help="with --sweep: the kernels to sweep")
+    ap.add_argument("--masks", choices=("random", "structured"), default="random")
+    ap.add_argument("--layout", choices=("heads", "tokens"), default="heads",
+                    help="memory of q, k, v: [B, H, L, D] (heads) or a framework's [B, L, H, D] (tokens)")
+    ap.add_argument("--variants", type=json.loads, default={}, metavar="JSON",
+                    help='name -> launch config of our attention kernel, e.g. \'{"pointers": {"tma": false}, '
+                         '"heads_first": {"HEADS_FIRST": true}}\' ("tma" is the kernel\'s argument, the rest its config)')
+    ap.add_argument("--compare-attention", default="", metavar="MODULE",
+                    help="also time MODULE's block_sparse_attention (another version of the kernel) on the same masks")
     args = ap.parse_args()
     import pandas as pd
 
@@ -203,7 +219,7 @@ def main() -> None:
         return
     if args.sweep:
         sweep(args.sweep, args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride,
-              args.sweep_kernels.split(","))
+              args.sweep_kernels.split(","), args.layout)
         return
 
     torch.manual_seed(0)
@@ -211,10 +227,15 @@ def main() -> None:
     scale = d**-0.5
     densities = [float(x) for x in args.densities.split(",")]
     records = []
+    other_attention = (importlib.import_module(args.compare_attention).block_sparse_attention
+                       if args.compare_attention else None)
     for length in [int(x) for x in args.lengths.split(",")]:
-        q = torch.randn(1, hq, length, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(1, hkv, length, d, device="cuda", dtype=torch.bfloat16)
+        if args.masks == "structured":
+            q, k, v = structured_qkv(1, hq, hkv, length, d, torch.bfloat16, "cuda", seed=length)
+        else:
+            q, k, v = (torch.randn(1, h, length, d, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+        if args.layout == "tokens":
+            q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
         kr, vr = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
         row = {"L": length}
         for name, backend in (("sdpa_flash_ms", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn_ms", SDPBackend.CUDNN_ATTENTION)):
@@ -228,26 +249,41 @@ def main() -> None:
 
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
             row["fa4_dense_ms"] = bench(lambda: flash_attn_func(qt, kt, vt, softmax_scale=scale, causal=True))
-        for density in densities:
-            mask = random_mask(hq, length, block, density, seed=length)
+        cfg = rr.RRConfig(stride=stride, block_size=block, tau=0.95)
+        if args.masks == "structured":
+            scores = estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale)
+            masks = {"structured": select_blocks(scores, q_len=length, k_len=length, block_size=block, tau=cfg.tau,
+                                                 selector=cfg.selector, force_sink=True, force_diagonal=True,
+                                                 dense_last_query_block=True)[0]}
+            del scores
+        else:
+            masks = {f"d{density:g}": random_mask(hq, length, block, density, seed=length) for density in densities}
+        visible = visible_blocks(length, length, block, "cuda")
+        for label, mask in masks.items():
             count, index = rr.to_kv_index(mask)
-            visible = visible_blocks(length, length, block, "cuda")
             actual = float(mask.sum() / (visible.sum() * hq))
-            t = bench(lambda: sparse_kernel(q, k, v, count, index, block_size=block, scale=scale))
-            row[f"ours_d{density:g}_ms"] = t
-            row[f"ours_d{density:g}_density"] = actual
+            row[f"ours_{label}_density"] = actual
             # per-block throughput relative to cuDNN dense: 1.0 = as fast per computed block
-            row[f"ours_d{density:g}_vs_cudnn"] = cudnn * actual / t
+            kernels = {"ours": lambda **kw: sparse_kernel(q, k, v, count, index, block_size=block, scale=scale, **kw)}
+            if other_attention is not None:
+                kernels[args.compare_attention.rsplit(".", 1)[-1]] = lambda: other_attention(
+                    q, k, v, count, index, block_size=block, scale=scale)
+            for name, settings in args.variants.items():
+                settings = dict(settings)
+                kernels[f"ours_{name}"] = functools.partial(kernels["ours"], tma=settings.pop("tma", None),
+                                                            config=settings)
             if fa4_ok:
                 selection = rr.backends.Selection(mask)
-                t4 = bench(lambda: fa4.attend(q, k, v, selection, block_size=block, scale=scale))
-                row[f"fa4_d{density:g}_ms"] = t4
-                row[f"fa4_d{density:g}_vs_cudnn"] = cudnn * actual / t4
+                kernels["fa4"] = lambda: fa4.attend(q, k, v, selection, block_size=block, scale=scale)
             if not args.no_flex:
-                tf = bench(lambda: flex_sparse(q, k, v, mask, block_size=block, scale=scale))
-                row[f"flex_d{density:g}_ms"] = tf
-                row[f"flex_d{density:g}_vs_cudnn"] = cudnn * actual / tf
-        cfg = rr.RRConfig(stride=stride, block_size=block, tau=0.95)
+                kernels["flex"] = lambda: flex_sparse(q, k, v, mask, block_size=block, scale=scale)
+            ours = kernels["ours"]()[0]
+            for name, fn in kernels.items():
+                t = bench(fn)
+                row[f"{name}_{label}_ms"] = t
+                row[f"{name}_{label}_vs_cudnn"] = cudnn * actual / t
+                if name not in ("ours", "fa4", "flex"):  # versions of our kernel: the same tiles, the same sums
+                    row[f"{name}_{label}_max_abs_diff"] = float((fn()[0].float() - ours.float()).abs().max())
 
         def estimate_and_select():
             scores = estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale)
@@ -276,31 +312,36 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     df = pd.DataFrame(records)
+    labels = list(masks)
+    crossover_label = "d0.5" if "d0.5" in labels else labels[0]
     # crossover: shortest length where estimate + select + sparse attention at d = 0.5 beats dense cuDNN
-    total = df["estimate_select_ms"] + df["ours_d0.5_ms"]
+    total = df["estimate_select_ms"] + df[f"ours_{crossover_label}_ms"]
     faster = df["L"][total < df["sdpa_cudnn_ms"]]
     crossover = int(faster.min()) if len(faster) else None
     props = torch.cuda.get_device_properties(0)
     provenance = (
         f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; Python {platform.python_version()}; "
         f"date {datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; "
-        f"B=1, Hq={hq}, Hkv={hkv}, D={d}, bf16, causal, block {block}, S={stride}"
+        f"B=1, Hq={hq}, Hkv={hkv}, D={d}, bf16, causal, block {block}, S={stride}, {args.masks} masks, "
+        f"{args.layout} layout"
     )
     print(df.to_string(index=False))
-    print(f"crossover (est+sel+sparse at d=0.5 < cuDNN dense): {crossover}")
+    print(f"crossover (est+sel+sparse at {crossover_label} < cuDNN dense): {crossover}")
     print(provenance)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.out / "bench_kernels.csv", index=False)
-        cols = ["L", "sdpa_flash_ms", "sdpa_cudnn_ms"] + [c for c in df.columns if c.startswith("fa4_") and c.endswith("_ms")] + [f"ours_d{x:g}_ms" for x in densities] + (
-            [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + [
+        cols = ["L", "sdpa_flash_ms", "sdpa_cudnn_ms"] + [c for c in df.columns if c.startswith("fa4_") and c.endswith("_ms")] + [
+            c for c in df.columns if c.endswith("_ms") and any(c.endswith(f"_{x}_ms") for x in labels)
+            and not c.startswith(("fa4_", "flex_"))] + (
+            [] if args.no_flex else [f"flex_{x}_ms" for x in labels]) + [
             "estimate_select_ms", "estimate_select_vs_cudnn", "estimate_xattention_ms", "estimate_flexprefill_ms",
             "estimate_vertical_slash_ms"]
         (args.out / "bench_kernels.md").write_text(
             f"# Kernel benchmark\n\n{provenance}\n\n" + df[cols].to_markdown(index=False, floatfmt=".3f")
             + "\n\nPer-block throughput relative to cuDNN dense (1.0 = equal):\n\n"
             + df[["L"] + [c for c in df.columns if c.endswith("_vs_cudnn")]].to_markdown(index=False, floatfmt=".3f")
-            + f"\n\nCrossover (estimate + select + sparse at d = 0.5 faster than cuDNN dense): {crossover}\n"
+            + f"\n\nCrossover (estimate + select + sparse at {crossover_label} faster than cuDNN dense): {crossover}\n"
         )
         import matplotlib
 
@@ -308,8 +349,8 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-        for c in ["sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_d{x:g}_ms" for x in densities] + (
-                [] if args.no_flex else [f"flex_d{x:g}_ms" for x in densities]) + ["estimate_select_ms", "estimate_xattention_ms", "estimate_flexprefill_ms"]:
+        for c in ["sdpa_flash_ms", "sdpa_cudnn_ms"] + [f"ours_{x}_ms" for x in labels] + (
+                [] if args.no_flex else [f"flex_{x}_ms" for x in labels]) + ["estimate_select_ms", "estimate_xattention_ms", "estimate_flexprefill_ms"]:
             ax[0].plot(df["L"], df[c], marker="o", label=c.replace("_ms", ""), linestyle="--" if c.startswith("flex") else "-")
         ax[0].set(xscale="log", yscale="log", xlabel="tokens", ylabel="ms", title="time (median)")
         ax[0].legend(fontsize=7)

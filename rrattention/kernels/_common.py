@@ -12,16 +12,16 @@ import triton.language as tl
 # Under the CPU interpreter the values only set tile shapes; smaller tiles run faster there.
 _CONFIGS = {
     "attention": {
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-        128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, HEADS_FIRST=False),
+        128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, HEADS_FIRST=False),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2, HEADS_FIRST=False),
     },
     # K and V through TMA (Hopper): the fastest of BLOCK_N 64/128, 4/8 warps and 2-4 stages at
     # 32K-128K on the H200 (`tools/bench_kernels.py --sweep L` repeats the sweep)
     "attention_tma": {
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-        128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, HEADS_FIRST=False),
+        128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, HEADS_FIRST=False),
+        256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2, HEADS_FIRST=False),
     },
     "estimate_antidiagonal": {
         64: dict(ROWS=64, BLOCK_N=64, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),

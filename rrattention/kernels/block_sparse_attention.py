@@ -30,14 +30,12 @@ from ._launch import Launches, launch
 
 
 @triton.jit
-def _load_kv(base, desc, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, stride_n, start_n,
-             TMA: tl.constexpr, VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The ``[BLOCK_N, BLOCK_D]`` key or value tile at key ``start_n``; zeros past ``Lk`` and ``D``."""
-    if TMA:  # the descriptor zero-fills past the tensor's bounds
-        if VARLEN:  # [Tk, Hkv, D]
-            tile = tl.reshape(desc.load([k_start + start_n, kv_head, 0]), (BLOCK_N, BLOCK_D))
-        else:  # [B, Hkv, Lk, D]
-            tile = tl.reshape(desc.load([seq, kv_head, start_n, 0]), (BLOCK_N, BLOCK_D))
+def _load_kv(base, desc, row0, col0, offs_n, offs_d, col_ok, d_ok, stride_n, start_n, k_start,
+             TMA: tl.constexpr):
+    """The ``[BLOCK_N, BLOCK_D]`` key or value tile at key ``start_n``; zeros past ``Lk`` and ``D``
+    (through a descriptor: only where the tile lies inside ``Lk``, see :func:`_row_view`)."""
+    if TMA:
+        tile = desc.load([row0 + start_n, col0])
     else:
         tile = tl.load(base + (k_start + offs_n).to(tl.int64)[:, None] * stride_n + offs_d[None, :],
                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
@@ -45,14 +43,13 @@ def _load_kv(base, desc, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, st
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, k_base, v_base, desc_k, desc_v, seq, kv_head, offs_m, offs_d, d_ok, start_n,
-                 k_start, k_len, delta, stride_kn, stride_vn, qk_scale, MASKED: tl.constexpr, TMA: tl.constexpr,
-                 VARLEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _attend_tile(acc, m_i, l_i, q, k_base, v_base, desc_k, desc_v, k_row0, k_col0, v_row0, v_col0, offs_m, offs_d,
+                 d_ok, start_n, k_start, k_len, delta, stride_kn, stride_vn, qk_scale, MASKED: tl.constexpr,
+                 TMA: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One online-softmax step over keys ``[start_n, start_n + BLOCK_N)`` (base 2)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     col_ok = offs_n < k_len
-    k = _load_kv(k_base, desc_k, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, stride_kn, start_n, TMA, VARLEN,
-                 BLOCK_N, BLOCK_D)
+    k = _load_kv(k_base, desc_k, k_row0, k_col0, offs_n, offs_d, col_ok, d_ok, stride_kn, start_n, k_start, TMA)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
         qk = tl.where((offs_n[None, :] <= (offs_m + delta)[:, None]) & col_ok[None, :], qk, float("-inf"))
@@ -61,8 +58,7 @@ def _attend_tile(acc, m_i, l_i, q, k_base, v_base, desc_k, desc_v, seq, kv_head,
     p = tl.exp2(qk - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_kv(v_base, desc_v, seq, kv_head, k_start, offs_n, offs_d, col_ok, d_ok, stride_vn, start_n, TMA, VARLEN,
-                 BLOCK_N, BLOCK_D)
+    v = _load_kv(v_base, desc_v, v_row0, v_col0, offs_n, offs_d, col_ok, d_ok, stride_vn, start_n, k_start, TMA)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
@@ -77,14 +73,22 @@ def _attention_fwd_kernel(
     stride_lb, stride_lh, stride_lm,
     stride_cb, stride_ch, stride_cm,
     stride_ib, stride_ih, stride_im,
+    k_rows_seq, k_rows_head, k_cols_head, v_rows_seq, v_rows_head, v_cols_head,
     q_len_fixed, k_len_fixed, n_kblocks_grid, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, TMA_EDGE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr, TMA_EDGE: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):
-    # Heaviest tiles (the last query blocks see the most keys) are scheduled first.
-    tile = tl.num_programs(0) - 1 - tl.program_id(0)
-    head = tl.program_id(1)
+    # Heaviest tiles (the last query blocks see the most keys) are scheduled first: within each
+    # head, or (HEADS_FIRST) across all heads, so that a diffuse head's long rows do not start last.
+    n_tiles = tl.num_programs(0)
+    if HEADS_FIRST:
+        order = tl.program_id(1) * n_tiles + tl.program_id(0)  # the order blocks are launched in
+        tile = n_tiles - 1 - order // tl.num_programs(1)
+        head = order % tl.num_programs(1)
+    else:
+        tile = n_tiles - 1 - tl.program_id(0)
+        head = tl.program_id(1)
     seq = tl.program_id(2)
     q_start, q_len, k_start, k_len = sequence_bounds(CuSeqQ, CuSeqK, seq, q_len_fixed, k_len_fixed, VARLEN)
     if tile * BLOCK_M >= q_len:
@@ -101,6 +105,11 @@ def _attention_fwd_kernel(
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     k_base = K + seq * stride_kb + kv_head * stride_kh
     v_base = V + seq * stride_vb + kv_head * stride_vh
+    # where this sequence's and head's keys start in the descriptors' [rows, columns] view
+    k_row0 = (k_start if VARLEN else seq * k_rows_seq) + kv_head * k_rows_head
+    v_row0 = (k_start if VARLEN else seq * v_rows_seq) + kv_head * v_rows_head
+    k_col0 = kv_head * k_cols_head
+    v_col0 = kv_head * v_cols_head
 
     count = tl.load(KvCount + seq * stride_cb + head * stride_ch + q_block * stride_cm)
     index_row = KvIndex + seq * stride_ib + head * stride_ih + q_block * stride_im
@@ -117,16 +126,16 @@ def _attention_fwd_kernel(
     for it in range(0, n_unmasked):
         block_start = tl.load(index_row + it) * BLOCK_SIZE
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, DescK, DescV, seq, kv_head, offs_m, offs_d,
-                                         d_ok, block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn,
-                                         stride_vn, qk_scale, False, TMA, VARLEN, BLOCK_N, BLOCK_D, DOT_PRECISION)
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, DescK, DescV, k_row0, k_col0, v_row0,
+                                         v_col0, offs_m, offs_d, d_ok, block_start + sub * BLOCK_N, k_start, k_len,
+                                         delta, stride_kn, stride_vn, qk_scale, False, TMA, BLOCK_N, DOT_PRECISION)
     for it in range(n_unmasked, count):
         block_start = tl.load(index_row + it) * BLOCK_SIZE
         for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
-            # a packed tile past the sequence's end would read the next sequence's keys
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, DescK, DescV, seq, kv_head, offs_m, offs_d,
-                                         d_ok, block_start + sub * BLOCK_N, k_start, k_len, delta, stride_kn,
-                                         stride_vn, qk_scale, True, TMA_EDGE, VARLEN, BLOCK_N, BLOCK_D, DOT_PRECISION)
+            # a descriptor's tile that crosses Lk would read the next sequence's or head's keys
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base, v_base, DescK, DescV, k_row0, k_col0, v_row0,
+                                         v_col0, offs_m, offs_d, d_ok, block_start + sub * BLOCK_N, k_start, k_len,
+                                         delta, stride_kn, stride_vn, qk_scale, True, TMA_EDGE, BLOCK_N, DOT_PRECISION)
 
     empty = l_i == 0.0  # no selected key is visible to the query
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -183,15 +192,19 @@ def block_sparse_attention(
         kv_index = kv_index.contiguous()
     if tma is None:
         tma = tma_supported(k, v)
-    grid, scalars, constexprs = _attention_geometry(
+    elif tma and (_row_view(k.shape, k.stride()) is None or _row_view(v.shape, v.stride()) is None
+                  or k.shape[-1] != next_pow2(k.shape[-1])):
+        raise ValueError(f"tma=True needs a power-of-two head dim and keys and values that _row_view can address, "
+                         f"got shape {tuple(k.shape)} with strides {k.stride()} and {v.stride()}")
+    grid, scalars, constexprs, views = _attention_geometry(
         q.shape, q.stride(), k.shape, k.stride(), v.stride(), out.stride(), lse.stride(), kv_count.stride(),
         kv_index.shape, kv_index.stride(), q.dtype, num_seqs, varlen, max_seqlen_q, block_size, scale,
         tuple(sorted(config.items())) if config else (), tma,
     )
     if tma:
-        # one key row per load: [B, Hkv, Lk, D] → [1, 1, BLOCK_N, D]; packed [Tk, Hkv, D] → [BLOCK_N, 1, D]
-        block = [constexprs["BLOCK_N"], 1, k.shape[-1]] if varlen else [1, 1, constexprs["BLOCK_N"], k.shape[-1]]
-        desc_k, desc_v = (TensorDescriptor(x, list(x.shape), list(x.stride()), block) for x in (k, v))
+        block = [constexprs["BLOCK_N"], k.shape[-1]]
+        desc_k, desc_v = (TensorDescriptor(x, list(shape), [row_stride, 1], block)
+                          for x, (shape, row_stride) in zip((k, v), views))
     else:
         desc_k, desc_v = k, v  # unused
     dummy = kv_count  # CuSeq pointers are unused without VARLEN
@@ -201,22 +214,53 @@ def block_sparse_attention(
     return out, lse
 
 
-# Head dims whose TMA path was measured faster than the pointer loads (H200, 32K-128K). D=64 ran
-# slower through the rank-4 descriptors: 0.79 -> 0.66 of cuDNN's speed per computed block at 32K
-# (a rank-2 descriptor over contiguous [Hkv * Lk, D] keys reached 0.85 in a session experiment, but
-# needs a layout that frameworks' [B, L, H, D] tensors do not have).
-TMA_HEAD_DIMS = frozenset({128})
+# Head dims whose TMA path was measured faster than the pointer loads (H200, 32K-128K).
+TMA_HEAD_DIMS = frozenset({64, 128})
 
 
 def tma_supported(k: torch.Tensor, v: torch.Tensor) -> bool:
     """K and V are read through TMA descriptors: on a GPU of compute capability 9 or later, in
-    fp16/bf16, for a head dim of :data:`TMA_HEAD_DIMS`, with 16-byte aligned base pointers and strides."""
+    fp16/bf16, for a head dim of :data:`TMA_HEAD_DIMS`, with 16-byte aligned base pointers and row
+    strides, and rows that :func:`_row_view` can address."""
     if not k.is_cuda or k.dtype not in (torch.float16, torch.bfloat16) or not _has_tma(k.device.index):
         return False
     size = k.element_size()
     return (k.shape[-1] in TMA_HEAD_DIMS
-            and all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in x.stride()[:-1])
-                    for x in (k, v)))
+            and all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and x.stride(-2 if x.dim() == 4 else 0) * size % 16 == 0
+                    and _row_view(x.shape, x.stride()) is not None for x in (k, v)))
+
+
+def _row_view(shape: tuple, strides: tuple) -> tuple | None:
+    """Keys (or values) as one 2-D matrix of rows of ``D`` for a rank-2 descriptor, which loads
+    faster than descriptors over the 4-D tensor (0.66 against 0.85 of cuDNN's speed per block at
+    D=64, 32K, H200): ``((rows, columns), row stride, rows per sequence, rows per head, columns per
+    head)``, or None where the tensor's strides do not allow one.
+
+    A key row is one token's ``D`` values of one head. Padded ``[B, Hkv, Lk, D]``: the row of
+    ``(b, h, n)`` is ``b·rows_seq + h·rows_head + n``, its first column ``h·cols_head``. Packed
+    ``[Tk, Hkv, D]``: ``t + h·rows_head`` and ``h·cols_head``. Heads side by side in a row
+    (frameworks' ``[B, L, H, D]`` memory) have ``rows_head = 0``; heads one after another
+    (``[B, H, L, D]``) have ``cols_head = 0``. Rows past a sequence's or head's end are another
+    sequence's or head's, so only tiles inside ``Lk`` may be loaded through the descriptor."""
+    if len(shape) == 4:
+        batch, heads, length, dim = shape
+        seq_stride, head_stride, row_stride = strides[:3]
+    else:
+        (length, heads, dim), batch, seq_stride = shape, 1, 0
+        row_stride, head_stride = strides[:2]
+    if row_stride <= 0 or (batch > 1 and seq_stride % row_stride):
+        return None
+    rows_seq = seq_stride // row_stride if batch > 1 else 0
+    if heads == 1:
+        rows_head = cols_head = 0
+    elif head_stride > 0 and head_stride % row_stride == 0:
+        rows_head, cols_head = head_stride // row_stride, 0
+    elif dim <= head_stride and (heads - 1) * head_stride + dim <= row_stride:
+        rows_head, cols_head = 0, head_stride
+    else:
+        return None
+    rows = (batch - 1) * rows_seq + (heads - 1) * rows_head + length
+    return (rows, (heads - 1) * cols_head + dim), row_stride, rows_seq, rows_head, cols_head
 
 
 @functools.cache
@@ -242,10 +286,16 @@ def _attention_geometry(q_shape, q_stride, k_shape, k_stride, v_stride, o_stride
     cfg = launch_config("attention_tma" if tma else "attention", head_dim=head_dim, block_size=block_size, dtype=dtype,
                         override=dict(config))
     n_kblocks = index_shape[-1]
+    views = [_row_view(k_shape, x) for x in (k_stride, v_stride)] if tma else [None, None]
+    view_scalars = tuple(n for view in views for n in (view[2:] if view else (0, 0, 0)))
     scalars = (*q_strides, *k_strides, *v_strides, *o_strides, *l_strides, *count_stride, *index_stride[:3],
-               q_len_fixed, k_len_fixed, n_kblocks, scale * math.log2(math.e))
+               *view_scalars, q_len_fixed, k_len_fixed, n_kblocks, scale * math.log2(math.e))
     constexprs = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size,
                       BLOCK_K=max(16, next_pow2(n_kblocks)), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      VARLEN=varlen, DOT_PRECISION=dot_precision(dtype), TMA=tma, TMA_EDGE=tma and not varlen,
-                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return (cdiv(grid_q, cfg["BLOCK_M"]), q_heads, num_seqs), scalars, constexprs
+                      VARLEN=varlen, DOT_PRECISION=dot_precision(dtype), TMA=tma,
+                      # the tiles of the blocks past the causal edge lie inside Lk: every padded
+                      # sequence's keys fill their last block
+                      TMA_EDGE=tma and not varlen and k_len_fixed % block_size == 0,
+                      HEADS_FIRST=cfg["HEADS_FIRST"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    descriptors = [(view[0], view[1]) if view else None for view in views]
+    return (cdiv(grid_q, cfg["BLOCK_M"]), q_heads, num_seqs), scalars, constexprs, descriptors
