@@ -17,7 +17,11 @@ _CONFIGS = {
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2, HEADS_FIRST=False),
     },
     # K and V through TMA (Hopper): the fastest of BLOCK_N 64/128, 4/8 warps and 2-4 stages at
-    # 32K-128K on the H200 (`tools/bench_kernels.py --sweep L` repeats the sweep)
+    # 32K-128K on the H200 with rank-4 descriptors (`tools/bench_kernels.py --sweep L` repeats the
+    # sweep; not yet repeated for the rank-2 descriptors). HEADS_FIRST (launch the heaviest tiles of
+    # every head first) measured slower at fb09d93 on random and structured masks, 0.66-0.74 against
+    # 0.77-0.90 of cuDNN per block, except the near-empty structured masks of 9/3 heads at D=64
+    # (density 0.03-0.05), where it was faster (results/kernels/h200/rank2-fb09d93/)
     "attention_tma": {
         64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, HEADS_FIRST=False),
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, HEADS_FIRST=False),

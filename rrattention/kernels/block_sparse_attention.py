@@ -7,12 +7,14 @@ with an online softmax in fp32. The token-level causal predicate ``key ≤ query
 for any ``δ`` covers every block where it can bite; the other blocks run a mask-free loop.
 GQA reads K/V of head ``h // G`` without repeating them.
 
-On Hopper and later, for D=128, the key and value tiles are loaded through tensor descriptors
-(TMA) where the tensors allow (fp16/bf16, 16-byte aligned): 0.71–0.74 → 0.78–0.79 of cuDNN's speed
-per computed block at 32K on the H200 and 0.78–0.80 → 0.84–0.87 at 128K, at densities 0.25–0.5
-(``results/kernels/h200/tma-c45b631/``). A
-descriptor's bounds are the tensor's, so in the packed layout the tiles that cross a sequence's
-end keep masked pointer loads.
+On Hopper and later, for D=64 and D=128, the key and value tiles are loaded through rank-2 tensor
+descriptors (TMA) over a ``[rows, columns]`` view of K and V (:func:`_row_view`), where the tensors
+allow (fp16/bf16, 16-byte aligned). Per computed block against cuDNN dense on the H200
+(``results/kernels/h200/rank2-fb09d93/``, random masks at densities 0.25–0.5): D=64 (9/3 heads,
+frameworks' ``[B, L, H, D]`` memory) 0.84–0.85 at 32K and 0.90 at 64K–128K, against 0.77–0.84 with
+pointer loads; D=128 (32/8 heads) 0.78–0.81 at 32K and 0.88–0.89 at 128K, the same as the rank-4
+descriptors it replaces. A view's rows run on past a sequence's or head's keys into another's, so
+the tiles that cross ``Lk`` keep masked pointer loads.
 """
 
 from __future__ import annotations
@@ -214,7 +216,8 @@ def block_sparse_attention(
     return out, lse
 
 
-# Head dims whose TMA path was measured faster than the pointer loads (H200, 32K-128K).
+# Head dims whose TMA path was measured faster than the pointer loads (H200, 32K-128K, see the
+# module docstring). D=256 has not been measured.
 TMA_HEAD_DIMS = frozenset({64, 128})
 
 
@@ -232,9 +235,9 @@ def tma_supported(k: torch.Tensor, v: torch.Tensor) -> bool:
 
 def _row_view(shape: tuple, strides: tuple) -> tuple | None:
     """Keys (or values) as one 2-D matrix of rows of ``D`` for a rank-2 descriptor, which loads
-    faster than descriptors over the 4-D tensor (0.66 against 0.85 of cuDNN's speed per block at
-    D=64, 32K, H200): ``((rows, columns), row stride, rows per sequence, rows per head, columns per
-    head)``, or None where the tensor's strides do not allow one.
+    faster than a rank-4 one over ``[B, Hkv, Lk, D]`` at D=64 (0.85 against 0.66 of cuDNN's speed
+    per block at 32K on the H200) and as fast at D=128: ``((rows, columns), row stride, rows per
+    sequence, rows per head, columns per head)``, or None where the tensor's strides do not allow one.
 
     A key row is one token's ``D`` values of one head. Padded ``[B, Hkv, Lk, D]``: the row of
     ``(b, h, n)`` is ``b·rows_seq + h·rows_head + n``, its first column ``h·cols_head``. Packed
