@@ -357,3 +357,14 @@ def test_fa4_declines_calls_too_small_to_repay_its_host_cost():
     assert any("break-even" in r for r in fa4.FA4Backend().limits("attention", small))
     assert not any("break-even" in r for r in fa4.FA4Backend().limits("attention", large))
     assert backends.causal_flops(2, 3, 10, 30, 8) == 4 * 2 * 3 * 10 * 25 * 8
+
+
+def test_fa4_leaves_the_sparse_stage_of_head_dim_64_to_the_triton_kernel():
+    from rrattention.backends import fa4
+
+    large = backends.causal_flops(1, 9, 65536, 65536, 64)
+    d64 = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=64, dense_flops=large)
+    d128 = dataclasses.replace(d64, head_dim=128)
+    assert any("Triton kernel's 64-row tiles measured faster" in r for r in fa4.FA4Backend().limits("attention", d64))
+    assert not any("measured faster" in r for r in fa4.FA4Backend().limits(backends.DENSE, d64))  # dense calls keep FA4
+    assert not any("measured faster" in r for r in fa4.FA4Backend().limits("attention", d128))

@@ -72,7 +72,7 @@ def time_forwards(model, ids, variants: dict, repeats: int) -> dict[str, tuple[f
     return {name: (statistics.median(times[name]), statistics.median(issued[name]), logits[name]) for name in variants}
 
 
-def profile_forward(model, ids, label: str) -> tuple[dict, list]:
+def profile_forward(model, ids, label: str, top: int = 8) -> tuple[dict, list]:
     """One profiled forward pass (after the timed ones): wall, host-issue and kernel times (ms)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -88,7 +88,7 @@ def profile_forward(model, ids, label: str) -> tuple[dict, list]:
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     total_us = sum(e.self_device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:8]
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
     # the host's calls into the CUDA runtime and driver (cuda*, cu*), and those that wait for the GPU
     api = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("cu")]
     summary = dict(L=ids.shape[1], attention=label, wall_ms=wall * 1e3, host_issue_ms=issued * 1e3,
@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--profile", default="", help="lengths to profile one forward pass at (comma-separated)")
+    ap.add_argument("--profile-top", type=int, default=8, help="kernels listed per profiled pass")
     ap.add_argument("--host-profile", default="", help="lengths to profile the host's Python in one pass at "
                     "(cProfile, comma-separated; written to host_profile.md)")
     ap.add_argument("--out", type=Path, default=None)
@@ -171,7 +172,7 @@ def main() -> None:
         for name, switch in variants.items():
             if length in profiled:
                 switch()
-                summary, top = profile_forward(model, ids, name)
+                summary, top = profile_forward(model, ids, name, args.profile_top)
                 summaries.append(summary), kernels.extend(top)
             if length in host_profiled:
                 switch()
@@ -200,7 +201,7 @@ def main() -> None:
         print("\n".join(host_profiles))
     if summaries:
         text = (f"# One profiled forward pass\n\n{provenance}\n\n" + pd.DataFrame(summaries).to_markdown(index=False, floatfmt=".2f")
-                + "\n\nKernels that took the GPU time (top 8 per pass, self time):\n\n"
+                + f"\n\nKernels that took the GPU time (top {args.profile_top} per pass, self time):\n\n"
                 + pd.DataFrame(kernels).to_markdown(index=False, floatfmt=".2f") + "\n")
         print(text)
         if args.out is not None:

@@ -8,22 +8,24 @@ import triton.language as tl
 
 # (kernel, head_dim) -> launch parameters, chosen by tools/bench_kernels.py --sweep (on an H100; the
 # estimator's D=64 and D=128 entries, PROGRAMS_PER_SM included, on the H200 for its one-pass kernel,
-# results/kernels/h200/estimate_onepass.md; its D=256 and antidiagonal PROGRAMS_PER_SM are not swept).
+# results/kernels/h200/estimate_onepass.md, D=64 re-swept in results/kernels/h200/model-masks/; its D=256 and antidiagonal PROGRAMS_PER_SM are not swept).
 # Under the CPU interpreter the values only set tile shapes; smaller tiles run faster there.
 _CONFIGS = {
     "attention": {
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, HEADS_FIRST=False),
+        64: dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, HEADS_FIRST=False),
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, HEADS_FIRST=False),
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2, HEADS_FIRST=False),
     },
     # K and V through TMA (Hopper): the fastest of BLOCK_N 64/128, 4/8 warps and 2-4 stages at
     # 32K-128K on the H200 with rank-4 descriptors (`tools/bench_kernels.py --sweep L` repeats the
-    # sweep; not yet repeated for the rank-2 descriptors). HEADS_FIRST (launch the heaviest tiles of
+    # sweep). D=64: re-swept at 32K for the rank-2 descriptors (9/3 heads, [B, L, H, D] memory,
+    # results/kernels/h200/model-masks/): 64-row tiles halve a tile's fixed cost, which dominates on
+    # a model's masks (few blocks in many rows), 0.81 against 0.68 of cuDNN per block. HEADS_FIRST (launch the heaviest tiles of
     # every head first) measured slower at fb09d93 on random and structured masks, 0.66-0.74 against
     # 0.77-0.90 of cuDNN per block, except the near-empty structured masks of 9/3 heads at D=64
     # (density 0.03-0.05), where it was faster (results/kernels/h200/rank2-fb09d93/)
     "attention_tma": {
-        64: dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, HEADS_FIRST=False),
+        64: dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, HEADS_FIRST=False),
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, HEADS_FIRST=False),
         256: dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2, HEADS_FIRST=False),
     },
@@ -33,7 +35,7 @@ _CONFIGS = {
         256: dict(ROWS=32, BLOCK_N=32, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
     },
     "estimate": {
-        64: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+        64: dict(ROWS=64, BLOCK_N=128, num_warps=4, num_stages=2, PROGRAMS_PER_SM=2),
         128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
         256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1, PROGRAMS_PER_SM=1),
     },
