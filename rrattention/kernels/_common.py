@@ -8,7 +8,10 @@ import triton.language as tl
 
 # (kernel, head_dim) -> launch parameters, chosen by tools/bench_kernels.py --sweep (on an H100; the
 # estimator's D=64 and D=128 entries, PROGRAMS_PER_SM included, on the H200 for its one-pass kernel,
-# results/kernels/h200/estimate_onepass.md, D=64 re-swept in results/kernels/h200/model-masks/; its D=256 and antidiagonal PROGRAMS_PER_SM are not swept).
+# results/kernels/h200/estimate_onepass.md; D=64 re-swept in results/kernels/h200/model-masks/; its D=256
+# and antidiagonal PROGRAMS_PER_SM are not swept). An attention entry and its TMA entry share BLOCK_N:
+# a row's keys are summed tile by tile, so another BLOCK_N changes the output's last bits, and a plan
+# whose CUDA-graph buffers take another layout than the caller's tensors must not (tools/gpu_check.py).
 # Under the CPU interpreter the values only set tile shapes; smaller tiles run faster there.
 _CONFIGS = {
     "attention": {
@@ -20,9 +23,9 @@ _CONFIGS = {
     # 32K-128K on the H200 with rank-4 descriptors (`tools/bench_kernels.py --sweep L` repeats the
     # sweep). D=64: re-swept at 32K for the rank-2 descriptors (9/3 heads, [B, L, H, D] memory,
     # results/kernels/h200/model-masks/): 64-row tiles halve a tile's fixed cost, which dominates on
-    # a model's masks (few blocks in many rows), 0.81 against 0.68 of cuDNN per block. HEADS_FIRST (launch the heaviest tiles of
-    # every head first) measured slower at fb09d93 on random and structured masks, 0.66-0.74 against
-    # 0.77-0.90 of cuDNN per block, except the near-empty structured masks of 9/3 heads at D=64
+    # a model's masks (few blocks in many rows), 0.81 against 0.68 of cuDNN per block. HEADS_FIRST
+    # (launch the heaviest tiles of every head first) measured slower at fb09d93 on random and
+    # structured masks, 0.66-0.74 against 0.77-0.90 of cuDNN per block, except the near-empty structured masks of 9/3 heads at D=64
     # (density 0.03-0.05), where it was faster (results/kernels/h200/rank2-fb09d93/)
     "attention_tma": {
         64: dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, HEADS_FIRST=False),
