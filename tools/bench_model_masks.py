@@ -8,14 +8,15 @@ kernel, beside cuDNN dense, and beside two kinds of random masks built from each
 * ``heads``: the same number of blocks per head, spread over the rows in proportion to their visible
   blocks (as ``bench_kernels.py``'s random masks are): the same work per head, other work per tile.
 
-    python tools/bench_model_masks.py --length 32768 --out results/kernels/h200/smollm2-masks
+    python tools/bench_model_masks.py --length 32768 --out results/kernels/h200/model-masks
 
 It asks why a model's masks run slower per computed block than random ones of the same density. A
 least-squares fit over the layers and mask kinds, ``ms = a · blocks + b · tiles`` (tiles: the (head,
 query block) rows holding any block; every row holds its diagonal, so at one length ``b · tiles`` is
 the fit's intercept), splits each kernel's time into a part per computed block and a fixed part per
-tile. ``--variants`` also times launch-config variants of our kernel (as ``bench_kernels.py``'s). q, k and v are Gaussian in the model's ``[B, L, H, D]`` memory (the kernels' time
-does not depend on the values); do_bench medians.
+tile. ``--variants`` also times launch-config variants of our kernel (as ``bench_kernels.py``'s).
+q, k and v are Gaussian in the model's ``[B, L, H, D]`` memory (the kernels' time does not depend on
+the values); do_bench medians.
 """
 
 from __future__ import annotations
@@ -72,11 +73,10 @@ def ranked_mask(priority: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(keep).scatter_(-1, order, keep)
 
 
-def random_like(mask: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
+def random_like(mask: torch.Tensor, visible: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
     """A random mask with ``mask``'s blocks per tile (``rows``) or per head (``heads``); forced
-    blocks (sink, diagonal) first, then random visible ones; never a block outside the causal grid."""
+    blocks (sink, diagonal) first, then random ones of the causally ``visible`` grid ``[nbq, nbk]``."""
     nbq, nbk = mask.shape[-2:]
-    visible = visible_blocks(nbq * 128, nbk * 128, 128, mask.device)  # square grids of 128-token blocks
     g = torch.Generator(device=mask.device).manual_seed(seed)
     priority = torch.rand(mask.shape, generator=g, device=mask.device)
     forced = torch.zeros_like(mask)
@@ -108,13 +108,14 @@ def main() -> None:
     kr, vr = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         cudnn_ms = bench(lambda: F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=scale))
-    visible = int(visible_blocks(args.length, args.length, block, "cuda").sum()) * hq
+    grid = visible_blocks(args.length, args.length, block, "cuda")
+    visible = int(grid.sum()) * hq
     fa4 = rr.backends.get("fa4")
     fa4_reasons = fa4.not_supported_reasons("attention", rr.methods.base.problem_of(q, k, cfg))
     rows = []
     for layer, mask in masks.items():
         for kind in ("model", "rows", "heads"):
-            m = mask if kind == "model" else random_like(mask, kind, seed=layer)
+            m = mask if kind == "model" else random_like(mask, grid, kind, seed=layer)
             count, index = rr.to_kv_index(m)
             tiles = count[count > 0]
             row = dict(layer=layer, masks=kind, density=float(m.sum()) / visible, blocks=int(m.sum()),

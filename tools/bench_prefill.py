@@ -72,7 +72,7 @@ def time_forwards(model, ids, variants: dict, repeats: int) -> dict[str, tuple[f
     return {name: (statistics.median(times[name]), statistics.median(issued[name]), logits[name]) for name in variants}
 
 
-def profile_forward(model, ids, label: str, top: int = 8) -> tuple[dict, list]:
+def profile_forward(model, ids, label: str, top_kernels: int = 8) -> tuple[dict, list]:
     """One profiled forward pass (after the timed ones): wall, host-issue and kernel times (ms)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -88,7 +88,7 @@ def profile_forward(model, ids, label: str, top: int = 8) -> tuple[dict, list]:
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     total_us = sum(e.self_device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top_kernels]
     # the host's calls into the CUDA runtime and driver (cuda*, cu*), and those that wait for the GPU
     api = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.key.startswith("cu")]
     summary = dict(L=ids.shape[1], attention=label, wall_ms=wall * 1e3, host_issue_ms=issued * 1e3,

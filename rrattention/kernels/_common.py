@@ -25,8 +25,8 @@ _CONFIGS = {
     # results/kernels/h200/model-masks/): 64-row tiles halve a tile's fixed cost, which dominates on
     # a model's masks (few blocks in many rows), 0.81 against 0.68 of cuDNN per block. HEADS_FIRST
     # (launch the heaviest tiles of every head first) measured slower at fb09d93 on random and
-    # structured masks, 0.66-0.74 against 0.77-0.90 of cuDNN per block, except the near-empty structured masks of 9/3 heads at D=64
-    # (density 0.03-0.05), where it was faster (results/kernels/h200/rank2-fb09d93/)
+    # structured masks, 0.66-0.74 against 0.77-0.90 of cuDNN per block, except the near-empty
+    # structured masks of 9/3 heads at D=64 (density 0.03-0.05), where it was faster (results/kernels/h200/rank2-fb09d93/)
     "attention_tma": {
         64: dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, HEADS_FIRST=False),
         128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, HEADS_FIRST=False),
