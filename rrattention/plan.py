@@ -77,13 +77,15 @@ class _Setting:
 @dataclass
 class PlanRun:
     """What one call produced. ``selection`` is None for a dense call (and for a packed batch run
-    one sequence at a time: then ``sequence_runs`` holds each sequence's run)."""
+    one sequence at a time: then ``sequence_runs`` holds each sequence's run), and for a sparse call
+    made with ``keep_selection=False`` that replayed a graph of its own tensors (``kept`` False)."""
 
     out: torch.Tensor
     layer_plan: LayerPlan
     selection: Selection | None = None
     timings_ms: dict = field(default_factory=dict)
     sequence_runs: list["PlanRun"] | None = None
+    kept: bool = True
 
 
 class AttentionPlan:
@@ -242,10 +244,13 @@ class AttentionPlan:
         return self._sequences
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int | None = None, *,
-            out: torch.Tensor | None = None) -> PlanRun:
+            out: torch.Tensor | None = None, keep_selection: bool = True) -> PlanRun:
         """One call of ``layer``: the layout's tensors in, ``PlanRun.out`` shaped like ``q``.
 
         ``out`` (optional, like ``q``, any strides with a unit last one) receives the result.
+        ``keep_selection=False``: the caller reads neither ``PlanRun.selection`` nor the run's
+        statistics, so a graphed plan may answer a call that comes again with the same ``q``, ``k``,
+        ``v`` and ``out`` by replaying a graph captured on them, with no copies (:mod:`rrattention.graphs`).
         """
         planned = self.layer_plan(layer)
         timer = StageTimer(q.device) if self.time_stages else None
@@ -256,7 +261,10 @@ class AttentionPlan:
             with stage(timer, "attention"):
                 out = planned.dense.dense_attend(q, k, v, scale=self.scale, out=out)
         elif self.graphs is not None and planned.graph_key is not None:
-            out, selection = self.graphs.run(planned.graph_key, lambda *a: self._sparse(planned, *a), q, k, v, out)
+            out, selection = self.graphs.run(planned.graph_key, lambda *a: self._sparse(planned, *a), q, k, v, out,
+                                             keep_selection)
+            if selection is None:
+                return PlanRun(out, planned, kept=False)
         else:
             out, selection = self._sparse(planned, q, k, v, out, timer)
         return PlanRun(out, planned, selection, timer.milliseconds() if timer else {})
@@ -283,6 +291,9 @@ class AttentionPlan:
 
     def stats(self, run: PlanRun) -> RRStats:
         """The statistics of ``run`` (spec §6; reads the selection back: a host synchronisation)."""
+        if not run.kept:
+            raise ValueError("run was made with keep_selection=False and replayed without keeping its selection: "
+                             "it has no statistics")
         planned = run.layer_plan
         if self.packed is None:
             mask = None if run.selection is None else run.selection.block_mask

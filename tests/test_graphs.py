@@ -21,13 +21,15 @@ class FakeCuda:
 
     def __init__(self, fail_capture: bool = False):
         self.capturing, self.fail_capture, self.replays, self.captures = None, fail_capture, 0, 0
+        self.pools = set()
         fake = self
 
         class Graph:
             def __init__(self):
                 self.launches = []
 
-            def capture_begin(self, capture_error_mode="global"):
+            def capture_begin(self, pool=None, capture_error_mode="global"):
+                fake.pools.add(pool)
                 fake.capturing = self
 
             def capture_end(self):
@@ -45,6 +47,7 @@ class FakeCuda:
         self.Stream = lambda device=None: types.SimpleNamespace(wait_stream=lambda other: None)
         self.stream = lambda s: contextlib.nullcontext()
         self.current_stream = lambda: types.SimpleNamespace(wait_stream=lambda other: None)
+        self.graph_pool_handle = lambda: object()
 
     def launch(self, kernel):
         """Run ``kernel`` now, or record it into the open capture (as CUDA does: nothing runs)."""
@@ -57,7 +60,7 @@ class FakeCuda:
 @pytest.fixture
 def fake_cuda(monkeypatch):
     fake = FakeCuda()
-    for name in ("CUDAGraph", "Stream", "stream", "current_stream"):
+    for name in ("CUDAGraph", "Stream", "stream", "current_stream", "graph_pool_handle"):
         monkeypatch.setattr(graphs.torch.cuda, name, getattr(fake, name))
     # CPU tensors stand in for CUDA ones; alignment is still checked
     monkeypatch.setattr(graphs, "_capturable", lambda tensors: all(t.data_ptr() % 16 == 0 for t in tensors))
@@ -101,6 +104,60 @@ def test_first_call_eager_second_captured_then_replayed(fake_cuda):
     assert log[1] == captured.inputs[0].data_ptr()  # the capture ran on the plan's static buffers
     assert len(calls) == 1 and calls.replays == 4
     assert results[1] == results[2] == results[4]  # a replay returns what the capture returned
+
+
+def test_calls_on_the_same_tensors_replay_a_graph_of_their_own(fake_cuda):
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    q, k, v = tensors(0)
+    out = torch.empty_like(q)
+    extras = []
+    for step in range(6):
+        for x, y in zip((q, k, v), tensors(step)):  # new contents in the same memory, as a model's next pass
+            x.copy_(y)
+        got, extra = calls.run("sig", call, q, k, v, out, keep_extra=False)
+        assert got is out and torch.equal(out, q * 2 + k - v), step
+        extras.append(extra)
+    # eager; captured on static buffers (replayed); copied and replayed; captured on the call's own
+    # tensors and replayed; then that graph alone, with no copies
+    assert len(log) == 3 and log[2] == q.data_ptr() and fake_cuda.captures == 2
+    assert calls.direct == 1 and len(calls) == 1 and calls.replays == 5
+    assert extras[1] is not None and extras[2] is not None and extras[3:] == [None, None, None]
+    assert len(fake_cuda.pools) == 1  # every graph of the calls shares one memory pool
+    captured = next(iter(calls._captured.values()))
+    assert captured.replays == 2  # the copying graph was not replayed after the own graph existed
+
+
+def test_own_graphs_only_without_extra_and_for_the_same_tensors(fake_cuda):
+    calls, log = graphs.CallGraphs(), []
+    call = make_call(fake_cuda, log)
+    q, k, v = tensors(0)
+    out = torch.empty_like(q)
+    for step in range(4):  # the caller reads extra: always the copying graph
+        assert calls.run("sig", call, q, k, v, out)[1] is not None
+    alive = []  # every call's tensors kept, so that no address comes back
+    for step in range(4):  # other tensors every call: never captured on them
+        q2, k2, v2 = tensors(step + 10)
+        alive.append((q2, k2, v2, torch.empty_like(q2)))
+        assert torch.equal(calls.run("sig", call, *alive[-1], keep_extra=False)[0], q2 * 2 + k2 - v2)
+    assert calls.direct == 0
+    for step in range(4):  # without out there is nothing of the caller's to write into
+        assert calls.run("sig", call, q, k, v, None, keep_extra=False)[1] is not None
+    # one copying graph with out, one without (its own layout), none on the callers' tensors
+    assert calls.direct == 0 and fake_cuda.captures == 2
+
+
+def test_own_graphs_are_bounded(fake_cuda, monkeypatch):
+    monkeypatch.setattr(graphs, "MAX_DIRECT_GRAPHS", 2)
+    calls = graphs.CallGraphs()
+    call = make_call(fake_cuda, [])
+    sets = [tensors(step) for step in range(3)]
+    outs = [torch.empty_like(s[0]) for s in sets]
+    for _ in range(4):
+        for (q, k, v), out in zip(sets, outs):
+            calls.run("sig", call, q, k, v, out, keep_extra=False)
+            assert torch.equal(out, q * 2 + k - v)
+    assert calls.direct == 2
 
 
 def test_output_allocated_when_not_given(fake_cuda):
@@ -235,3 +292,13 @@ def test_default_replays_only_calls_below_the_measured_size():
                               device=torch.device("cuda"), scale=0.125, cuda_graphs=None,
                               packed=rr.backends.Packed(cu, cu, 16384, 16384, spans))
     assert packed.graphs is not None  # two 16K sequences: less work than one 32K call
+
+
+def test_a_run_that_kept_no_selection_has_no_statistics():
+    plan = _plan(rr.RRConfig(block_size=64, min_sparse_len=0))
+    q = torch.randn(1, 4, 512, 16)
+    k, v = torch.randn(1, 2, 512, 16), torch.randn(1, 2, 512, 16)
+    run = plan.run(q, k, v, 0, keep_selection=False)  # a CPU plan replays nothing: the selection is kept
+    assert run.kept and plan.stats(run).block_mask is not None
+    with pytest.raises(ValueError, match="keep_selection=False"):
+        plan.stats(rr.plan.PlanRun(run.out, run.layer_plan, kept=False))

@@ -17,9 +17,14 @@ version of the package:
 * ``hf hook, dense call`` and ``transformers SDPA``: the hook on a call that runs dense (``Lk`` below
   ``min_sparse_len``, as every call of a short prompt) and transformers' own SDPA function that it
   then calls (the difference is the hook's host cost on the dense path);
-* ``plan.run, CUDA graphs`` and ``hf hook, CUDA graphs``: the same with ``cuda_graphs=True``
-  (:mod:`rrattention.graphs`: the inputs copied into the plan's static buffers, its graph replayed,
-  the output copied out);
+* ``plan.run, CUDA graphs`` and ``plan.run, CUDA graphs, out given``: the same with
+  ``cuda_graphs=True`` (:mod:`rrattention.graphs`: the inputs copied into the plan's static
+  buffers, its graph replayed, the output copied out or cloned), as every call of a new prompt
+  length's pass runs;
+* ``plan.run, CUDA graphs, own tensors`` and ``hf hook, CUDA graphs``: calls that come back with the
+  same tensors and keep no selection (a hook that collects no statistics, in a pass of a prompt
+  length seen before): from the second such call on, a graph captured on those tensors is replayed
+  with no copies;
 * ``graph replay``: the hook's call captured in a CUDA graph by hand and replayed (no host work
   per kernel, no copies: the floor).
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import os
 import shlex
 import statistics
@@ -115,13 +121,20 @@ def main() -> None:
                                               device=q.device, scale=dim**-0.5, batch=1, q_len=length, k_len=length,
                                               cuda_graphs=True)
                 entries["plan.run, CUDA graphs"] = lambda: graph_plan.run(q, k, v, 3)
+                out = q.new_empty(1, length, q_heads, dim).transpose(1, 2)  # the hook's output layout
+                entries["plan.run, CUDA graphs, out given"] = lambda: graph_plan.run(q, k, v, 3, out=out)
+                if "keep_selection" in inspect.signature(graph_plan.run).parameters:
+                    own_out = torch.empty_like(out)
+                    entries["plan.run, CUDA graphs, own tensors"] = lambda: graph_plan.run(
+                        q, k, v, 3, out=own_out, keep_selection=False)
             except TypeError:  # a version without CUDA graphs
                 pass
         for name, fn in list(entries.items()):
             for _ in range(3):
                 fn()
         if "plan.run, CUDA graphs" in entries:  # replayed calls compute what the eager ones do
-            if not (torch.equal(entries["plan.run, CUDA graphs"]().out, entries["plan.run"]().out)
+            replayed = [entries[name]().out for name in entries if name.startswith("plan.run, CUDA graphs")]
+            if not (all(torch.equal(out, entries["plan.run"]().out) for out in replayed)
                     and torch.equal(entries["hf hook, CUDA graphs"]()[0], entries["hf hook"]()[0])):
                 raise SystemExit(f"CUDA-graph replay differs from the eager call at {(q_heads, kv_heads, dim, length)}")
             if graph_plan.graphs.replays == 0:

@@ -20,6 +20,9 @@ every head-shift policy and selector) on identical inputs:
   launches of each kernel go through the plan's cached launchers): every layer's output and mask
   equal a fresh ``rr_attention`` call's bit for bit, with a misaligned input (a new Triton
   specialisation) in between, padded and packed.
+* a random-weight Llama with SmolLM2's attention, three prefill passes through the transformers
+  hook with CUDA graphs (copying graphs in the first pass, graphs on the layers' own tensors from
+  the third): every pass's logits equal those of the hook without CUDA graphs, bit for bit.
 * decode (one query, dense by spec §6) in each dtype and GQA ratio: error against fp32 attention
   over every key ≤ 2× dense SDPA's with the KV heads repeated.
 * prefill that spec §6 makes dense (``min_sparse_len`` above ``Lk``; padded batch, Lq < Lk, GQA
@@ -201,7 +204,8 @@ def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False
     """Layers run through one plan (cached launches; with ``cuda_graphs``, replayed CUDA graphs)
     equal independent calls, bit for bit. Layer 3's inputs are misaligned (a graphed plan copies
     them into its aligned buffers and replays), layer 5 has its own τ (its own graph key: its one
-    call runs eagerly)."""
+    call runs eagerly). With ``cuda_graphs``, layer 4's call then comes back six times with the same
+    tensors and ``keep_selection=False``: it is captured on them and replayed with no copies."""
     cfg = rr.RRConfig(tau=0.9, min_sparse_len=0, layer_overrides={5: {"tau": 0.8}})
     g = torch.Generator(device="cuda").manual_seed(length + hq)
     plan = rr.AttentionPlan(cfg, q_heads=hq, kv_heads=hkv, head_dim=d, dtype=dtype, device=torch.device("cuda"),
@@ -221,6 +225,8 @@ def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False
         run = plan.run(q, k, v, layer)
         want, stats = rr.rr_attention(q, k, v, cfg, layer=layer, return_stats=True)
         equal &= torch.equal(run.out, want) and torch.equal(plan.stats(run).block_mask, stats.block_mask)
+        if layer == 4:
+            own_call = (q, k, v, want)
         tq, tk, tv = (x[0].transpose(0, 1) for x in (q, k, v))  # [T, H, D] views: strided, as models pass them
         got = packed_plan.run(tq, tk, tv, layer).out
         want_packed = rr.rr_attention_varlen(tq, tk, tv, cu, cu, max(lens), max(lens), cfg, layer=layer)
@@ -235,9 +241,41 @@ def check_plan_layers(name, hq, hkv, length, d, dtype, report, cuda_graphs=False
         replays = [p.graphs.replays for p in (plan, packed_plan)]
         declined = [reason for p in (plan, packed_plan) for reason in p.graphs.declined.values()]
         ok &= replays == [4, 4] and [len(plan.graphs), len(packed_plan.graphs)] == [1, 1] and not declined
-        graphed = f"; graph replays (padded, packed) {replays}, declined {declined or 'none'}"
+        # with out given (its own layout): eager, captured, copied in (seen), captured on the call's
+        # own tensors, then replayed twice with no copies
+        q, k, v, want = own_call
+        out = torch.empty_like(q)
+        own = [torch.equal(plan.run(q, k, v, 4, out=out, keep_selection=False).out, want) for _ in range(6)]
+        ok &= all(own) and plan.graphs.direct == 1 and plan.graphs.replays == 9 and not plan.graphs.declined
+        graphed = (f"; graph replays (padded, packed) {replays}, declined {declined or 'none'}; "
+                   f"the same tensors again: {plan.graphs.direct} graph on them, bit for bit {all(own)}")
     report(f"{'PASS' if ok else 'FAIL'} {name:<44} {layers} layers through one plan (padded and packed) = "
            f"independent calls, bit for bit: {equal}; cached launchers {cached}{graphed}")
+    return ok
+
+
+def check_hook_passes(name, length, report) -> bool:
+    """Prefill passes of a random-weight model with SmolLM2's attention (9/3 heads, D=64) and a narrow
+    rest through the transformers hook: with CUDA graphs equal to without, bit for bit, pass by pass."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=576, intermediate_size=64, num_hidden_layers=6,
+                                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=length)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(0, 1024, (1, length), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    cfg = rr.RRConfig(min_sparse_len=0)
+    logits = {}
+    with torch.no_grad():
+        for graphs in (False, True):
+            rr.hf.configure(model, cfg, cuda_graphs=graphs)
+            logits[graphs] = [model(ids, use_cache=False, logits_to_keep=64).logits for _ in range(4)]
+    plan = next(iter(rr.hf.attention_modules(model)[0].rrattention_state.plans._entries.values()))[2]
+    equal = [torch.equal(a, b) for a, b in zip(logits[False], logits[True])]
+    ok = all(equal) and plan.graphs.replays > 0 and not plan.graphs.declined
+    report(f"{'PASS' if ok else 'FAIL'} {name:<44} 4 passes, logits with CUDA graphs = without, bit for bit: {equal}; "
+           f"graph replays {plan.graphs.replays}, graphs on the layers' own tensors {plan.graphs.direct} "
+           f"of {config.num_hidden_layers} layers")
     return ok
 
 
@@ -321,6 +359,9 @@ def main() -> int:
             label = f"{'graphed ' if graphs else ''}{name}"
             if wanted(label):
                 ok &= check_plan_layers(label, hq, hkv, small if args.small else length, d, dtype, report, graphs)
+    name = "hook passes GQA3 D64 bf16"
+    if wanted(name):
+        ok &= check_hook_passes(name, 1024 if args.small else 4096, report)
     lens = ([100, 300, 65], [100, 500, 65]) if args.small else ([1000, 4093, 129, 2500], [1000, 4093, 129, 7000])
     if wanted("varlen"):
         # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6

@@ -328,8 +328,9 @@ def attention_call(state: ModelState, layer: int | None, query: torch.Tensor, ke
         stats = plan.stats(run) if collect else None
     elif reason is None:
         # Written straight into the [B, Lq, Hq, D] memory the framework expects: no transpose copy.
+        # Without a collector nothing reads the selection: a graphed plan may replay without copies.
         out = query.new_empty(batch, q_len, heads, value.shape[-1])
-        run = plan.run(query, key, value, layer, out=out.transpose(1, 2))
+        run = plan.run(query, key, value, layer, out=out.transpose(1, 2), keep_selection=collect)
         stats = plan.stats(run) if collect else None
     else:
         timer = StageTimer(query.device) if collect and state.collector.timing else None
