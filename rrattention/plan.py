@@ -127,7 +127,7 @@ class AttentionPlan:
         self.graphs = CallGraphs() if cuda_graphs and device.type == "cuda" and not time_stages else None
         self._layers: dict[int | None, LayerPlan] = {}
         self._settings: dict[Hashable, _Setting] = {}
-        self._own_settings = policy.own_setting_layers(cfg)
+        self._setting_key = policy.SettingKeys(cfg)
         self._reasons = None if packed is not None else policy.LayerReasons(
             cfg, q_len, k_len, head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
         self._sequences: list[AttentionPlan] | None = None  # a packed batch planned per sequence
@@ -169,7 +169,7 @@ class AttentionPlan:
     def _setting(self, layer: int | None) -> _Setting:
         """What ``layer`` shares with every layer of the same settings, judged once for them all:
         a forward pass plans its model-wide settings once, not once per layer."""
-        key = layer if layer in self._own_settings else policy.MODEL_WIDE
+        key = self._setting_key(layer)
         setting = self._settings.get(key)
         if setting is None:
             setting = self._settings[key] = self._judge(layer)

@@ -44,13 +44,18 @@ def dense_layer_threshold(cfg: AttentionConfig, layer: int | None, head_dim: int
     return min_sparse_len(cfg, head_dim, q_heads, kv_heads)
 
 
-def own_setting_layers(cfg: AttentionConfig) -> frozenset:
-    """The layers judged on their own (a dense layer, a layer override); every other layer shares
-    the model-wide setting, keyed :data:`MODEL_WIDE`."""
-    return frozenset(cfg.dense_layers) | frozenset(cfg.layer_overrides)
-
-
 MODEL_WIDE = object()  # the setting key of the layers without a setting of their own
+
+
+class SettingKeys:
+    """The key of a layer's setting: the layer itself where it is judged on its own (a dense layer,
+    a layer override), else :data:`MODEL_WIDE`, shared by every other layer."""
+
+    def __init__(self, cfg: AttentionConfig):
+        self._own = frozenset(cfg.dense_layers) | frozenset(cfg.layer_overrides)
+
+    def __call__(self, layer: int | None):
+        return layer if layer in self._own else MODEL_WIDE
 
 
 class LayerReasons:
@@ -61,11 +66,11 @@ class LayerReasons:
     def __init__(self, cfg: AttentionConfig, q_len: int, k_len: int, *, head_dim: int, q_heads: int, kv_heads: int):
         self._cfg, self._lengths = cfg, (q_len, k_len)
         self._dims = dict(head_dim=head_dim, q_heads=q_heads, kv_heads=kv_heads)
-        self._own = own_setting_layers(cfg)
+        self._setting = SettingKeys(cfg)
         self._reasons: dict = {}
 
     def __call__(self, layer: int | None) -> str | None:
-        key = layer if layer in self._own else MODEL_WIDE
+        key = self._setting(layer)
         try:
             return self._reasons[key]
         except KeyError:

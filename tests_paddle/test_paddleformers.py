@@ -86,6 +86,36 @@ def test_prefill_sparse_decode_dense_and_layer_settings():
     assert all(r.sparsity == 0 and r.dense_reasons[0] is not None for r in decode)
 
 
+def test_dense_calls_of_a_known_layout_go_straight_to_sdpa(monkeypatch):
+    """After one layer's call of a layout ran dense, the other layers' calls of it run PaddleFormers'
+    SDPA at once; a collector or a layer with its own setting still takes the full path."""
+    model = _tiny("llama")
+    ids = paddle.randint(0, 128, [1, 200])  # below min_sparse_len: dense
+    want = _logits(_sdpa(model), ids)
+    planned = []
+    full_path = rr_pf.attention_call
+
+    def counting(state, layer, *args, **kwargs):
+        planned.append(layer)
+        return full_path(state, layer, *args, **kwargs)
+
+    monkeypatch.setattr(rr_pf, "attention_call", counting)
+    rr_pf.configure(model, rr.RRConfig(block_size=64, stride=8, min_sparse_len=250))
+    torch.testing.assert_close(_logits(model, ids), want, atol=2e-5, rtol=2e-5)
+    assert planned == [0]  # layer 0 decided for layer 1
+    planned.clear()
+    torch.testing.assert_close(_logits(model, ids), want, atol=2e-5, rtol=2e-5)
+    assert planned == []
+    with rr_pf.collect_stats(model) as stats:
+        _logits(model, ids)
+    assert planned == [0, 1] and all(r.is_dense for r in stats.records)
+    planned.clear()
+    rr_pf.configure(model, rr.RRConfig(block_size=64, stride=8, min_sparse_len=250, layer_overrides={1: {"min_sparse_len": 0}}))
+    _logits(model, ids)
+    _logits(model, ids)
+    assert planned == [0, 1, 1]  # layer 1 runs sparse: always the full path
+
+
 def test_configure_errors():
     model = _tiny("llama")
     with pytest.raises(ValueError, match="pass either cfg or method=/settings, not both"):

@@ -145,16 +145,15 @@ class ModelState:
     # with nothing else to do: a hook sends the next ones there at once. The decision is a layer
     # setting's (spec §6 and the dense backend), so one layer's first call decides for the others.
     framework_dense: set = field(init=False, repr=False, default_factory=set)
-    _own_settings: frozenset = field(init=False, repr=False)
+    _setting_key: policy.SettingKeys = field(init=False, repr=False)
 
     def __post_init__(self):
         self.config_json = json.dumps({"method": self.cfg.method, "settings": self.cfg.to_dict()}, sort_keys=True)
-        self._own_settings = policy.own_setting_layers(self.cfg)
+        self._setting_key = policy.SettingKeys(self.cfg)
 
     def dense_layout(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> tuple:
         """What an unmasked causal call's dense/sparse decision depends on."""
-        setting = layer if layer in self._own_settings else policy.MODEL_WIDE
-        return setting, query.shape, key.shape, query.dtype, query.device, scaling
+        return self._setting_key(layer), query.shape, key.shape, query.dtype, query.device, scaling
 
     def runs_framework_dense(self, layer: int | None, query: torch.Tensor, key: torch.Tensor,
                              scaling: float | None) -> bool:

@@ -110,9 +110,14 @@ def attention_forward(module, query, key, value, attention_mask=None, attn_mask_
         (out,) = torch_inputs("bhld", out=out)
         return out.reshape(batch, q_len, heads, -1)
 
-    out = attention_call(module_state(module), getattr(module, "layer_idx", None), tq, tk, tv, mask,
-                         lambda: _allowed(attention_mask, attn_mask_startend_row_indices, query), scaling, dense,
-                         "paddle sdpa")
+    state, layer = module_state(module), getattr(module, "layer_idx", None)
+    # A short prompt's calls run PaddleFormers' SDPA: after a layout's first call, nothing else runs.
+    if mask is None and state.runs_framework_dense(layer, tq, tk, scaling):
+        out = dense()
+    else:
+        out = attention_call(state, layer, tq, tk, tv, mask,
+                             lambda: _allowed(attention_mask, attn_mask_startend_row_indices, query), scaling, dense,
+                             "paddle sdpa")
     return paddle_output(out.reshape(batch, q_len, heads * out.shape[-1]), "bhld", qkv_like=False), None
 
 
