@@ -20,9 +20,10 @@ every head-shift policy and selector) on identical inputs:
   launches of each kernel go through the plan's cached launchers): every layer's output and mask
   equal a fresh ``rr_attention`` call's bit for bit, with a misaligned input (a new Triton
   specialisation) in between, padded and packed.
-* a random-weight Llama with SmolLM2's attention, three prefill passes through the transformers
-  hook with CUDA graphs (copying graphs in the first pass, graphs on the layers' own tensors from
-  the third): every pass's logits equal those of the hook without CUDA graphs, bit for bit.
+* a random-weight Llama with SmolLM2's attention, four prefill passes through the transformers
+  hook with CUDA graphs (copying graphs in the first pass, graphs captured on the layers' own
+  tensors in the second and third, only those in the fourth): every pass's logits equal those of
+  the hook without CUDA graphs, bit for bit.
 * decode (one query, dense by spec §6) in each dtype and GQA ratio: error against fp32 attention
   over every key ≤ 2× dense SDPA's with the KV heads repeated.
 * prefill that spec §6 makes dense (``min_sparse_len`` above ``Lk``; padded batch, Lq < Lk, GQA
