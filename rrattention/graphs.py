@@ -35,7 +35,6 @@ statistics read it right away. Calls of one plan run on one stream.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -44,8 +43,8 @@ import torch
 # fn(q, k, v, out) -> (output tensor, what else the call returns); out may be None.
 Call = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple]
 
-# Graphs captured on callers' own tensors, per plan (the least recently replayed go first). A graph
-# holds only its executable's host and launch state; a model's pass needs one per layer.
+# Graphs captured on callers' own tensors, per plan (the oldest go first). A graph holds only its
+# executable's host and launch state; a model's pass needs one per layer.
 MAX_DIRECT_GRAPHS = 512
 
 
@@ -92,8 +91,8 @@ class CallGraphs:
         self.declined: dict[tuple, str] = {}  # key → why its capture failed
         self._stream: torch.cuda.Stream | None = None
         self._pool = None  # the memory pool of every graph of these calls
-        self._direct: OrderedDict[tuple, torch.cuda.CUDAGraph] = OrderedDict()  # (key, addresses) → graph
-        self._direct_seen: set = set()  # (key, addresses) of calls made once
+        self._direct: dict[tuple, tuple] = {}  # (signature id, addresses, layouts) → (graph, signature)
+        self._direct_seen: set = set()  # the same keys, of calls made once
         self._direct_replays = 0
 
     def __len__(self) -> int:
@@ -121,16 +120,18 @@ class CallGraphs:
         tensors = inputs if out is None else (*inputs, out)
         if _must_run_eagerly(tensors):
             return call(q, k, v, out)
-        key = (signature, *map(_layout, inputs), None if out is None else _layout(out))
         direct = None
         if not keep_extra and out is not None:
-            direct = (key, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr())
-            graph = self._direct.get(direct)
-            if graph is not None:
-                self._direct.move_to_end(direct)
-                graph.replay()
+            # Flat, so that the lookup hashes only numbers and sizes; the signature by identity (its
+            # object checked on a hit: an id can be reused once the object is gone).
+            direct = (id(signature), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), q.shape, q.stride(),
+                      k.shape, k.stride(), v.shape, v.stride(), out.shape, out.stride())
+            entry = self._direct.get(direct)
+            if entry is not None and entry[1] is signature:
+                entry[0].replay()
                 self._direct_replays += 1
                 return out, None
+        key = (signature, *map(_layout, inputs), None if out is None else _layout(out))
         captured = self._captured.get(key)
         if captured is None:
             if key in self.declined or not _capturable(tensors):
@@ -143,7 +144,7 @@ class CallGraphs:
                 return call(q, k, v, out)
         elif direct is not None and direct not in self.declined and _capturable(tensors):
             if direct in self._direct_seen:  # the second call on these tensors: capture on them
-                graph = self._capture_direct(direct, call, inputs, out)
+                graph = self._capture_direct(direct, signature, call, inputs, out)
                 if graph is not None:
                     graph.replay()
                     self._direct_replays += 1
@@ -186,16 +187,17 @@ class CallGraphs:
             torch.cuda.current_stream().wait_stream(self._stream)
         return graph, result, extra
 
-    def _capture_direct(self, direct: tuple, call: Call, inputs: tuple, out: torch.Tensor) -> torch.cuda.CUDAGraph | None:
+    def _capture_direct(self, direct: tuple, signature: Hashable, call: Call, inputs: tuple,
+                        out: torch.Tensor) -> torch.cuda.CUDAGraph | None:
         self._direct_seen.discard(direct)
         made = self._graph(direct, call, inputs, out)
         if made is None:
             return None
         # result is the caller's out, extra unread: dropping them frees the temporaries for the pool's other graphs
         graph = made[0]
-        self._direct[direct] = graph
-        while len(self._direct) > MAX_DIRECT_GRAPHS:
-            self._direct.popitem(last=False)
+        self._direct[direct] = (graph, signature)
+        while len(self._direct) > MAX_DIRECT_GRAPHS:  # the oldest first (a dict keeps insertion order)
+            del self._direct[next(iter(self._direct))]
         return graph
 
     def _capture(self, key: tuple, call: Call, inputs: tuple, out: torch.Tensor | None) -> Captured | None:
