@@ -85,7 +85,11 @@ class PlanRun:
     selection: Selection | None = None
     timings_ms: dict = field(default_factory=dict)
     sequence_runs: list["PlanRun"] | None = None
-    kept: bool = True
+
+    @property
+    def kept(self) -> bool:
+        """The run has what its statistics need: a sparse layer's run without a selection has not."""
+        return self.selection is not None or self.layer_plan.ops is None
 
 
 class AttentionPlan:
@@ -263,8 +267,6 @@ class AttentionPlan:
         elif self.graphs is not None and planned.graph_key is not None:
             out, selection = self.graphs.run(planned.graph_key, lambda *a: self._sparse(planned, *a), q, k, v, out,
                                              keep_selection)
-            if selection is None:
-                return PlanRun(out, planned, kept=False)
         else:
             out, selection = self._sparse(planned, q, k, v, out, timer)
         return PlanRun(out, planned, selection, timer.milliseconds() if timer else {})

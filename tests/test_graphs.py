@@ -301,4 +301,4 @@ def test_a_run_that_kept_no_selection_has_no_statistics():
     run = plan.run(q, k, v, 0, keep_selection=False)  # a CPU plan replays nothing: the selection is kept
     assert run.kept and plan.stats(run).block_mask is not None
     with pytest.raises(ValueError, match="keep_selection=False"):
-        plan.stats(rr.plan.PlanRun(run.out, run.layer_plan, kept=False))
+        plan.stats(rr.plan.PlanRun(run.out, run.layer_plan))  # a sparse layer's run without its selection
