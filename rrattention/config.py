@@ -173,9 +173,10 @@ class RRConfig(AttentionConfig):
         exact_stride_causal: in the estimator, drop the keys of the diagonal stride that lie after
             the sampled query (they count as zero, the divisor stays ``S``); an ablation.
         estimator_precision: how the Triton estimator holds the fp32 stride-mean keys for 16-bit
-            inputs: ``exact`` (a sum of two or three 16-bit terms, so the logits equal fp32 ones)
-            or ``fast`` (the mean rounded once to the input's dtype, as the paper's code does:
-            one tensor-core product instead of three). fp32 inputs are exact either way; the
+            inputs: ``exact`` (two fp16 terms after a power-of-two scaling per stride, 22 bits of
+            each fp32 mean, and the sampled rows scaled into fp16 exactly) or ``fast`` (the mean
+            rounded once to the input's dtype, as the paper's code does: one tensor-core product
+            instead of two). fp32 inputs are exact either way; the
             reference backend rounds the same way.
         min_sparse_len: calls with key length below this run dense attention (§6). ``None`` (the
             default): the dense/sparse crossover measured on the target GPU for the call's head dim

@@ -56,6 +56,36 @@ def test_estimator_matches_reference(batch, hq, hkv, lq, lk, dim, stride, block,
     torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
 
 
+@pytest.mark.parametrize("dtype, q_scale, k_scale", [
+    (torch.bfloat16, 2.0**20, 2.0**-24),  # q past fp16's range, keys below its normal range
+    (torch.bfloat16, 2.0**-30, 2.0**30),
+    (torch.float16, 2.0**10, 2.0**-14),  # unscaled, the means would be subnormal fp16
+])
+def test_exact_estimator_scales_16_bit_rows_into_fp16s_range(dtype, q_scale, k_scale):
+    """The exact mode computes in fp16 whatever the 16-bit input: each sampled row and each stride
+    mean is scaled by a power of two first, so magnitudes that fp16 cannot hold score like fp32."""
+    q, k, _ = make_qkv(1, 4, 2, 300, 300, 32, seed=11, device=DEVICE)
+    q, k = q * q_scale, k * k_scale
+    q[..., 5, :] *= 2.0**-40  # a row whose values lie far below the others'
+    k[..., 16:24, :] *= 2.0**-40  # and a whole stride of keys
+    q, k = q.to(dtype), k.to(dtype)
+    cfg = rr.RRConfig(stride=8, block_size=64, exact_stride_causal=True)
+    want = rr.estimate_block_scores(q, k, cfg, backend="reference")
+    assert bool(torch.isfinite(q).all() and torch.isfinite(k).all())
+    got = estimate_kernel(q, k, stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5,
+                          exact_stride_causal=True, config=_estimate_config())
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+
+
+def test_estimator_refuses_a_number_of_mean_terms_its_inputs_cannot_take():
+    q, k, _ = make_qkv(1, 2, 1, 128, 128, 16, device=DEVICE)
+    common = dict(stride=8, block_size=64, head_shift="round_robin", scale=0.25)
+    with pytest.raises(ValueError, match="SPLITS=3"):
+        estimate_kernel(q.half(), k.half(), config={"SPLITS": 3}, **common)
+    with pytest.raises(ValueError, match="SPLITS=2"):
+        estimate_kernel(q, k, config={"SPLITS": 2}, **common)  # fp32 means are exact in one term
+
+
 @pytest.mark.parametrize("lq, lk, exact", [(200, 330, False), (300, 300, True)])
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if GPU else []))
 def test_fast_estimator_matches_the_reference_rounding_the_same_way(lq, lk, exact, dtype):

@@ -297,7 +297,7 @@ def main() -> None:
                 q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale))):
             row[f"{name}_extra_MiB"] = peak_extra_mib(fn)
         row["scores_MiB"] = hq * cdiv(length, block) ** 2 * 4 / 2**20  # the fp32 [1, Hq, nbq, nbk] it returns
-        for splits in (1, 2, 3):
+        for splits in (1, 2):
             row[f"estimate_splits{splits}_ms"] = bench(lambda: estimate_block_scores(
                 q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale, config={"SPLITS": splits}))
         scores = estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin", scale=scale)

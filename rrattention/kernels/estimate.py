@@ -2,10 +2,14 @@
 
 Two kernels:
 
-* ``_stride_means_kernel``: ``K̄_n`` of every key stride in fp32, stored as an exact sum of
-  ``SPLITS`` terms in the input's 16-bit type (``hi + mid + lo``), so the logits below use the
-  tensor cores yet equal fp32 logits: a bf16 ``q`` times a bf16 term is exact in fp32, and three
-  bf16 terms hold the 24 bits of an fp32 mantissa (two fp16 terms hold 22).
+* ``_stride_means_kernel``: ``K̄_n`` of every key stride in fp32. For 16-bit inputs in the exact
+  mode it is stored as ``hi + lo``, two fp16 terms, after scaling by the power of two that puts
+  its largest element in ``[2^14, 2^15)`` (the inverse goes beside it, one fp32 per stride), so
+  the logits below use the tensor cores yet carry 22 bits of each mean: a 16-bit ``q`` row, scaled
+  the same way, is exact in fp16 (bf16's 8 mantissa bits fit fp16's 11), and the products of fp16
+  terms are exact in fp32. fp16 rather than bf16 terms: three bf16 terms (24 bits) took a third
+  tensor-core product. The fast mode rounds the mean once to the input's
+  dtype, unscaled (``SPLITS=1``), as the paper's code does.
 * ``_estimate_kernel``: persistent programs, a few per multiprocessor, each taking work items
   (sequence, KV head, chunk of ``ROWS / R`` (query block, query head) pairs of the KV group),
   longest causal chunks first. An item stacks the ``R`` sampled rows of each of its pairs, so
@@ -68,8 +72,18 @@ def _head_offsets(head, group_idx, first_head, layer_hash, POLICY: tl.constexpr,
 
 
 @triton.jit
+def _unit_scale(amax):
+    """``(2^e, 2^-e)`` per element of ``amax ≥ 0``: ``amax · 2^e`` lies in ``[2^14, 2^15)``, within
+    fp16's range with its full precision. Built from the exponent bits, so both factors are exact
+    powers of two; ``e`` is clamped so that both stay normal fp32 (zero rows get ``2^126``)."""
+    biased = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.minimum(tl.maximum(268 - biased, 1), 253)  # biased exponent of 2^(14 − exponent(amax))
+    return (e << 23).to(tl.float32, bitcast=True), ((254 - e) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _stride_means_kernel(
-    K, Hi, Mid, Lo, CuSeqK,
+    K, Hi, Lo, InvScale, CuSeqK,
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
     k_len_fixed, n_rows,
@@ -97,23 +111,27 @@ def _stride_means_kernel(
     acc = acc / STRIDE
     out = seq * stride_mb + head * stride_mh + offs_n.to(tl.int64)[:, None] * stride_mn + offs_d[None, :]
     store_ok = (offs_n < n_rows)[:, None] & d_ok[None, :]
+    if SPLITS == 2:
+        factor, inverse = _unit_scale(tl.max(tl.abs(acc), 1))
+        acc = acc * factor[:, None]
+        # the scales lie like the means without their last dimension
+        scale_at = (seq * stride_mb + head * stride_mh) // HEAD_DIM + offs_n.to(tl.int64)
+        tl.store(InvScale + scale_at, inverse, mask=offs_n < n_rows)
     hi = acc.to(Hi.dtype.element_ty)
     tl.store(Hi + out, hi, mask=store_ok)
-    if SPLITS >= 2:
-        rest = acc - hi.to(tl.float32)
-        mid = rest.to(Mid.dtype.element_ty)
-        tl.store(Mid + out, mid, mask=store_ok)
-        if SPLITS == 3:
-            tl.store(Lo + out, (rest - mid.to(tl.float32)).to(Lo.dtype.element_ty), mask=store_ok)
+    if SPLITS == 2:
+        tl.store(Lo + out, (acc - hi.to(tl.float32)).to(Lo.dtype.element_ty), mask=store_ok)
 
 
 @triton.jit
-def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag, n_unmasked,
-                 qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d,
-                 BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr,
+def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
+                 n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm,
+                 stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr,
                  ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Scaled (base-2) logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible:
-    ``q · K̄ᵀ`` (RR), or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention)."""
+    ``q · K̄ᵀ`` (RR), or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention). With
+    ``SPLITS=2``, ``q`` holds the fp16 rows scaled by ``2^e_r`` and ``row_scale`` is
+    ``qk_scale · 2^−e_r``; the means' own ``2^−e_n`` are read from ``InvScale``."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     if ANTIDIAGONAL:
         z = tl.zeros([t.shape[0], BLOCK_N], tl.float32)
@@ -124,16 +142,18 @@ def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, 
             k_pos = offs_n * STRIDE + j
             kj = tl.load(k_rows + (k_start + k_pos).to(tl.int64)[:, None] * stride_kn + offs_d[None, :],
                          mask=(k_pos < k_len)[:, None] & d_ok[None, :], other=0.0)
-            z += tl.dot(qj, tl.trans(kj), input_precision=DOT_PRECISION)
+            z = tl.dot(qj, tl.trans(kj), z, input_precision=DOT_PRECISION)
     else:
         ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
         load_mask = (offs_n < n_key_strides)[:, None] & d_ok[None, :]
         z = tl.dot(q, tl.trans(tl.load(Hi + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
-        if SPLITS >= 2:
-            z += tl.dot(q, tl.trans(tl.load(Mid + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
-        if SPLITS == 3:
-            z += tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
-    z = z * qk_scale
+        if SPLITS == 2:
+            # accumulating in the product (not ``z += dot``) keeps one accumulator tile in registers
+            z = tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), z, input_precision=DOT_PRECISION)
+            inverse = tl.load(InvScale + scale_base + offs_n, mask=offs_n < n_key_strides, other=1.0)
+            z = z * (row_scale[:, None] * inverse[None, :])  # both powers of two first: no overflow of z
+    if SPLITS == 1:
+        z = z * qk_scale
     if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
         if EXACT:
             z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
@@ -143,7 +163,7 @@ def _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, 
 
 @triton.jit
 def _estimate_kernel(
-    Q, K, Hi, Mid, Lo, Scores, Partial, TileMax, CuSeqQ, CuSeqK,
+    Q, K, Hi, Lo, InvScale, Scores, Partial, TileMax, CuSeqQ, CuSeqK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
@@ -215,6 +235,15 @@ def _estimate_kernel(
                 z_diag = z_diag / STRIDE
 
             mean_base = seq * stride_mb + kv_head * stride_mh + offs_d[None, :]
+            scale_base = (seq * stride_mb + kv_head * stride_mh) // HEAD_DIM  # see _stride_means_kernel
+            if SPLITS == 2:
+                q32 = q.to(tl.float32)
+                q_factor, q_inverse = _unit_scale(tl.max(tl.abs(q32), 1))
+                q_dot = (q32 * q_factor[:, None]).to(Hi.dtype.element_ty)
+                row_scale = q_inverse * qk_scale
+            else:
+                q_dot = q
+                row_scale = tl.full([ROWS], qk_scale, tl.float32)
             n_end = tl.max(last_stride) + 1
 
             # Stage 2 in one pass over the visible key strides (base 2): each tile's probabilities,
@@ -225,10 +254,10 @@ def _estimate_kernel(
             m_i = tl.full([ROWS], float("-inf"), tl.float32)
             l_i = tl.zeros([ROWS], tl.float32)
             for n0 in range(0, n_end, BLOCK_N):
-                z = _tile_logits(q, Hi, Mid, Lo, mean_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
-                                 n_unmasked, qk_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len,
-                                 stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL,
-                                 DOT_PRECISION)
+                z = _tile_logits(q_dot, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok,
+                                 last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start,
+                                 q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS,
+                                 EXACT, ANTIDIAGONAL, DOT_PRECISION)
                 m_new = tl.maximum(m_i, tl.max(z, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 partial = tl.sum(tl.reshape(tl.exp2(z - m_safe[:, None]), [ROWS, TILE_BLOCKS, R]), axis=2)
@@ -269,8 +298,16 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _splits(dtype: torch.dtype) -> int:
-    return {torch.bfloat16: 3, torch.float16: 2, torch.float32: 1}[dtype]
+def _splits(dtype: torch.dtype, antidiagonal: bool, override: int | None) -> int:
+    """Terms of the stride means: 2 (scaled fp16) for 16-bit inputs, 1 for fp32 ones (exact in
+    fp32) and for the antidiagonal scores (no means); ``override`` 1 is the fast mode."""
+    allowed = (1,) if antidiagonal or dtype == torch.float32 else (1, 2)
+    if override is None:
+        return allowed[-1]
+    if override not in allowed:
+        raise ValueError(f"config SPLITS={override!r}: {dtype} inputs{' (antidiagonal)' if antidiagonal else ''} "
+                         f"take one of {allowed}")
+    return override
 
 
 def estimate_block_scores(
@@ -300,10 +337,11 @@ def estimate_block_scores(
     Padded form: ``q`` ``[B, Hq, Lq, D]``, ``k`` ``[B, Hkv, Lk, D]`` → fp32 ``[B, Hq, nbq, nbk]``.
     Packed form (``cu_seqlens_q`` given): ``q`` ``[Tq, Hq, D]``, ``k`` ``[Tk, Hkv, D]`` → fp32
     ``[N, Hq, ceil(max_seqlen_q/Bk), ceil(max_seqlen_k/Bk)]``, zero outside each sequence's grid.
-    ``precision="fast"`` holds the stride means in one 16-bit term (``SPLITS=1``) instead of the
-    exact two or three. ``config`` overrides launch parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``,
-    warps, stages, ``PROGRAMS_PER_SM``, or ``PROGRAMS``: the number of persistent programs). Beside
-    the means (``SPLITS × Lk/S × D`` per KV head and sequence) the launch takes a scratch of
+    ``precision="fast"`` holds the stride means in one term of the input's 16-bit type
+    (``SPLITS=1``) instead of the exact two scaled fp16 terms. ``config`` overrides launch
+    parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages, ``PROGRAMS_PER_SM``, or
+    ``PROGRAMS``: the number of persistent programs). Beside the means (``SPLITS × Lk/S × D`` per
+    KV head and sequence, and with two terms one fp32 scale per stride) the launch takes a scratch of
     ``programs × ROWS × ⌈Lk/S / BLOCK_N⌉ × (BLOCK_N·S/Bk + 1)`` fp32 values (148.5 MiB at 128K
     tokens with the H200's 264 programs of 128 rows and ``BLOCK_N=128``).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
@@ -326,7 +364,10 @@ def estimate_block_scores(
         means = (k.new_empty(1, 1, 1, 1),) * 3
     else:
         split_means = torch.empty(geo.means_shape, dtype=geo.means_dtype, device=q.device).unbind(0)
-        means = (*split_means, *(split_means[0],) * (3 - len(split_means)))  # unused pointers
+        if len(split_means) == 2:
+            means = (*split_means, torch.empty(geo.means_shape[1:4], dtype=torch.float32, device=q.device))
+        else:
+            means = (split_means[0],) * 3  # the unused pointers
         launch(_stride_means_kernel, geo.means_grid, (k, *means, cu_seqlens_k if varlen else means[0]),
                geo.means_scalars, geo.means_constexprs, launches)
     if out is None:
@@ -343,7 +384,7 @@ def estimate_block_scores(
 class _EstimateGeometry(NamedTuple):
     """Everything about the estimator's launches that depends on shapes and settings only."""
 
-    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D]
+    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D], and with two terms fp32 scales [N or B, Hkv, n_strides]
     means_dtype: torch.dtype
     means_grid: tuple
     means_scalars: tuple
@@ -375,9 +416,10 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
         max_q, max_k = q_len_fixed, k_len_fixed
     group = q_heads // kv_heads
     per_block = block_size // stride  # R
-    cfg = launch_config("estimate_antidiagonal" if antidiagonal else "estimate", head_dim=head_dim,
-                        block_size=block_size, dtype=dtype, override=dict(config))
-    splits = cfg.pop("SPLITS", _splits(dtype))
+    override = dict(config)
+    splits = _splits(dtype, antidiagonal, override.pop("SPLITS", None))
+    kernel = "estimate_antidiagonal" if antidiagonal else "estimate_two_terms" if splits == 2 else "estimate"
+    cfg = launch_config(kernel, head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
     rows = max(per_block, cfg.pop("ROWS"))
     block_n = max(per_block, cfg.pop("BLOCK_N"))
     n_strides = cdiv(max_k, stride)
@@ -393,7 +435,7 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
         scale = scale / stride
     return _EstimateGeometry(
         means_shape=means_shape,
-        means_dtype=torch.float32 if dtype == torch.float32 else dtype,
+        means_dtype=torch.float16 if splits == 2 else dtype,
         means_grid=(cdiv(n_strides, block_s), kv_heads, num_seqs),
         means_scalars=(*k_strides, *mean_strides, k_len_fixed, n_strides),
         means_constexprs=dict(STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s,
