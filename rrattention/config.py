@@ -176,8 +176,8 @@ class RRConfig(AttentionConfig):
             inputs: ``exact`` (two fp16 terms after a power-of-two scaling per stride, 22 bits of
             each fp32 mean, and the sampled rows scaled into fp16 exactly) or ``fast`` (the mean
             rounded once to the input's dtype, as the paper's code does: one tensor-core product
-            instead of two). fp32 inputs are exact either way; the
-            reference backend rounds the same way.
+            instead of two). fp32 inputs are exact either way; the reference backend rounds
+            the fast mode's means the same way.
         min_sparse_len: calls with key length below this run dense attention (§6). ``None`` (the
             default): the dense/sparse crossover measured on the target GPU for the call's head dim
             and query/KV heads (:mod:`rrattention.crossover`, written by tools/measure_crossover.py).
