@@ -3,9 +3,9 @@
     python tools/compare_estimator_precision.py --out results/kernels/h200
 
 ``RRConfig.estimator_precision`` is ``exact`` (the fp32 stride means as two power-of-two-scaled fp16
-terms: logits within the reference's fp tolerance) or ``fast`` (one term, the mean rounded to the input dtype). Spec §3 allows ``fast``
-as the default only where it keeps ≥ 0.9999 of the exact mode's block decisions on the GPU check's
-inputs and leaves the model's fidelity unchanged within noise. This tool measures:
+terms: logits within the reference's fp tolerance) or ``fast`` (one term, the mean rounded to the
+input dtype). Spec §3 allows ``fast`` as the default only where it keeps ≥ 0.9999 of the exact
+mode's block decisions on the GPU check's inputs and leaves the model's fidelity unchanged within noise. This tool measures:
 
 * agreement: on the inputs of ``tools/gpu_check.py`` (same shapes, seeds and key structure), the
   share of causally visible blocks on which the two modes' Triton masks agree;

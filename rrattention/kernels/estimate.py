@@ -7,9 +7,11 @@ Two kernels:
   its largest element in ``[2^14, 2^15)`` (the inverse goes beside it, one fp32 per stride), so
   the logits below use the tensor cores yet carry 22 bits of each mean: a 16-bit ``q`` row, scaled
   the same way, is exact in fp16 (bf16's 8 mantissa bits fit fp16's 11), and the products of fp16
-  terms are exact in fp32. fp16 rather than bf16 terms: three bf16 terms (24 bits) took a third
-  tensor-core product. The fast mode rounds the mean once to the input's
-  dtype, unscaled (``SPLITS=1``), as the paper's code does.
+  terms are exact in fp32. fp16 rather than bf16 terms: three bf16 terms (24 bits) were no faster
+  on the same launch config, but their three tiles per stage do not fit shared memory at the
+  faster D=128 config of two (256 rows, 2 stages: 266240 bytes against the H200's 232448;
+  ``results/kernels/h200/two-terms/``). The fast mode rounds the mean once to the input's dtype,
+  unscaled (``SPLITS=1``), as the paper's code does.
 * ``_estimate_kernel``: persistent programs, a few per multiprocessor, each taking work items
   (sequence, KV head, chunk of ``ROWS / R`` (query block, query head) pairs of the KV group),
   longest causal chunks first. An item stacks the ``R`` sampled rows of each of its pairs, so
@@ -126,8 +128,8 @@ def _stride_means_kernel(
 @triton.jit
 def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
                  n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm,
-                 stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr, EXACT: tl.constexpr,
-                 ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr,
+                 EXACT: tl.constexpr, ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Scaled (base-2) logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible:
     ``q · K̄ᵀ`` (RR), or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention). With
     ``SPLITS=2``, ``q`` holds the fp16 rows scaled by ``2^e_r`` and ``row_scale`` is
@@ -385,7 +387,7 @@ def estimate_block_scores(
 class _EstimateGeometry(NamedTuple):
     """Everything about the estimator's launches that depends on shapes and settings only."""
 
-    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D], and with two terms fp32 scales [N or B, Hkv, n_strides]
+    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D]; two terms add fp32 scales [N or B, Hkv, n_strides]
     means_dtype: torch.dtype
     means_grid: tuple
     means_scalars: tuple
