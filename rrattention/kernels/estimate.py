@@ -7,9 +7,9 @@ Two kernels:
   its largest element in ``[2^14, 2^15)`` (the inverse goes beside it, one fp32 per stride), so
   the logits below use the tensor cores yet carry 22 bits of each mean: a 16-bit ``q`` row, scaled
   the same way, is exact in fp16 (bf16's 8 mantissa bits fit fp16's 11), and the products of fp16
-  terms are exact in fp32. fp16 rather than bf16 terms: three bf16 terms (24 bits) were no faster
-  on the same launch config, but their three tiles per stage do not fit shared memory at the
-  faster D=128 config of two (256 rows, 2 stages: 266240 bytes against the H200's 232448;
+  terms are exact in fp32. Two fp16 terms rather than three bf16 ones (24 bits): on the same
+  launch config they were no faster, but only two tiles per stage fit shared memory at the faster
+  D=128 config (256 rows, 2 stages; three took 266240 bytes against the H200's 232448,
   ``results/kernels/h200/two-terms/``). The fast mode rounds the mean once to the input's dtype,
   unscaled (``SPLITS=1``), as the paper's code does.
 * ``_estimate_kernel``: persistent programs, a few per multiprocessor, each taking work items
