@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
@@ -105,13 +106,13 @@ def loops(sass: str) -> list[dict]:
     return sorted(found, key=lambda loop: (loop.get("HGMMA", 0) + loop.get("HMMA", 0) == 0, loop["instructions"]))
 
 
-def inspect(compiled) -> dict:
+def kernel_report(compiled) -> dict:
     cubin = compiled.asm["cubin"]
     return {"shared_bytes": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
             "num_stages": compiled.metadata.num_stages, **resources(cubin), "loops": loops(_cuobjdump("-sass", cubin))}
 
 
-def _loop_table(pd, found: list[dict]) -> str:
+def _loop_table(found: list[dict]) -> str:
     if not found:
         return "no loops"
     table = pd.DataFrame(found).fillna(0)
@@ -120,12 +121,12 @@ def _loop_table(pd, found: list[dict]) -> str:
 
 
 def launch_call(args, compiler: OfflineCompiler) -> None:
-    """Run the host side of one library call with ``compiler`` as its launch cache (CPU tensors: the
-    kernels are compiled, not run, so their contents do not matter)."""
+    """Run the host side of one library call with ``compiler`` as its launch cache: CPU tensors, left
+    uninitialised (the kernels are compiled, not run)."""
     dtype = getattr(torch, args.dtype)
     L, D = args.length, args.head_dim
-    q = torch.randn(1, args.q_heads, L, D, dtype=dtype)
-    k, v = (torch.randn(1, args.kv_heads, L, D, dtype=dtype) for _ in range(2))
+    q = torch.empty(1, args.q_heads, L, D, dtype=dtype)
+    k, v = (torch.empty(1, args.kv_heads, L, D, dtype=dtype) for _ in range(2))
     scale = D**-0.5
     n_blocks = -(-L // args.block)
     config = json.loads(args.config) if args.config else None
@@ -133,7 +134,7 @@ def launch_call(args, compiler: OfflineCompiler) -> None:
         estimate_block_scores(q, k, stride=args.stride, block_size=args.block, head_shift="round_robin", scale=scale,
                               precision=args.precision, config=config, launches=compiler)
     elif args.call == "select":
-        scores = torch.rand(1, args.q_heads, n_blocks, n_blocks)
+        scores = torch.empty(1, args.q_heads, n_blocks, n_blocks)
         select_blocks(scores, q_len=L, k_len=L, block_size=args.block, tau=0.95, selector="top_tau", force_sink=True,
                       force_diagonal=True, dense_last_query_block=True, launches=compiler)
     else:
@@ -159,7 +160,6 @@ def main() -> None:
     ap.add_argument("--config", default="", metavar="JSON", help="estimate, attention: launch-config overrides")
     ap.add_argument("--out", type=Path, default=None, help="write inspect_<call>.md and .json there")
     args = ap.parse_args()
-    import pandas as pd
 
     compiler = OfflineCompiler(args.arch)
     launch_call(args, compiler)
@@ -168,12 +168,12 @@ def main() -> None:
                   f"torch {torch.__version__}; {datetime.date.today()}")
     reports, sections = [], [f"# Kernels of `{args.call}`, compiled for sm_{args.arch}\n", provenance]
     for name, compiled in compiler.kernels:
-        report = {"kernel": name, **inspect(compiled)}
+        report = {"kernel": name, **kernel_report(compiled)}
         reports.append(report)
         budget = {key: report[key] for key in ("num_warps", "num_stages", "registers", "stack_bytes", "local_bytes",
                                               "shared_bytes")}
         sections += [f"\n## {name}\n", pd.DataFrame([budget]).to_markdown(index=False), "",
-                     _loop_table(pd, report["loops"])]
+                     _loop_table(report["loops"])]
     text = "\n".join(sections)
     print(text)
     if args.out:
