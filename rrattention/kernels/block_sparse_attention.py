@@ -52,12 +52,14 @@ def _attend_tile(acc, m_i, l_i, q, k_base, v_base, desc_k, desc_v, k_row0, k_col
     offs_n = start_n + tl.arange(0, BLOCK_N)
     col_ok = offs_n < k_len
     k = _load_kv(k_base, desc_k, k_row0, k_col0, offs_n, offs_d, col_ok, d_ok, stride_kn, start_n, k_start, TMA)
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if MASKED:
         qk = tl.where((offs_n[None, :] <= (offs_m + delta)[:, None]) & col_ok[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    # The max of the unscaled products, scaled, is the max of the scaled ones (qk_scale > 0), and the
+    # scale then rides in the exponent's FFMA: one multiply per logit fewer.
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
-    p = tl.exp2(qk - m_safe[:, None])
+    p = tl.exp2(qk * qk_scale - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = _load_kv(v_base, desc_v, v_row0, v_col0, offs_n, offs_d, col_ok, d_ok, stride_vn, start_n, k_start, TMA)

@@ -130,10 +130,11 @@ def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_ke
                  n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm,
                  stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr,
                  EXACT: tl.constexpr, ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Scaled (base-2) logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible:
-    ``q · K̄ᵀ`` (RR), or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention). With
-    ``SPLITS=2``, ``q`` holds the fp16 rows scaled by ``2^e_r`` and ``row_scale`` is
-    ``qk_scale · 2^−e_r``; the means' own ``2^−e_n`` are read from ``InvScale``."""
+    """Logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible: ``q · K̄ᵀ`` (RR),
+    or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention). With ``SPLITS=2``
+    they are scaled (base 2): ``q`` holds the fp16 rows scaled by ``2^e_r``, ``row_scale`` is
+    ``qk_scale · 2^−e_r`` and the means' own ``2^−e_n`` are read from ``InvScale``. With
+    ``SPLITS=1`` they are left unscaled: the caller's exponent applies ``qk_scale``."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     if ANTIDIAGONAL:
         z = tl.zeros([t.shape[0], BLOCK_N], tl.float32)
@@ -154,11 +155,10 @@ def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_ke
             z = tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), z, input_precision=DOT_PRECISION)
             inverse = tl.load(InvScale + scale_base + offs_n, mask=offs_n < n_key_strides, other=1.0)
             z = z * (row_scale[:, None] * inverse[None, :])  # both powers of two first: no overflow of z
-    if SPLITS == 1:
-        z = z * qk_scale
     if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
         if EXACT:
-            z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None] * qk_scale, z)
+            diagonal = z_diag * qk_scale if SPLITS == 2 else z_diag
+            z = tl.where(offs_n[None, :] == last_stride[:, None], diagonal[:, None], z)
         z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
     return z
 
@@ -247,6 +247,7 @@ def _estimate_kernel(
                 q_dot = q
                 row_scale = tl.full([ROWS], qk_scale, tl.float32)
             n_end = tl.max(last_stride) + 1
+            logit_scale = qk_scale if SPLITS == 1 else 1.0
 
             # Stage 2 in one pass over the visible key strides (base 2): each tile's probabilities,
             # relative to the rows' running max, summed over the keys of each Bk block into the slot's
@@ -260,9 +261,15 @@ def _estimate_kernel(
                                  last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start,
                                  q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS,
                                  EXACT, ANTIDIAGONAL, DOT_PRECISION)
-                m_new = tl.maximum(m_i, tl.max(z, 1))
+                # One term: the max of the unscaled logits, scaled, is the max of the scaled ones
+                # (qk_scale > 0), and the scale rides in the exponent's FFMA, one multiply per logit
+                # fewer. Two terms keep their scaling in _tile_logits, before the causal −inf: a
+                # zero or tiny row's factor qk_scale · 2^−e_r is subnormal, and −inf times a
+                # flushed zero would be NaN.
+                m_new = tl.maximum(m_i, tl.max(z, 1) * logit_scale)
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                partial = tl.sum(tl.reshape(tl.exp2(z - m_safe[:, None]), [ROWS, TILE_BLOCKS, R]), axis=2)
+                partial = tl.sum(tl.reshape(tl.exp2(z * logit_scale - m_safe[:, None]), [ROWS, TILE_BLOCKS, R]),
+                                 axis=2)
                 l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(partial, 1)
                 m_i = m_new
                 tl.store(partial_rows + (n0 // R + tile_cols)[None, :], partial)
