@@ -38,6 +38,7 @@ from triton.runtime.jit import create_function_from_signature
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rrattention.kernels._common import cdiv  # noqa: E402
 from rrattention.kernels.block_sparse_attention import block_sparse_attention  # noqa: E402
 from rrattention.kernels.estimate import estimate_block_scores  # noqa: E402
 from rrattention.kernels.select import select_blocks  # noqa: E402
@@ -69,17 +70,17 @@ class OfflineCompiler:
         self.kernels.append((kernel.fn.__name__, compiled))
 
 
-def _cuobjdump(flag: str, cubin: bytes) -> str:
+def _cuobjdump(cubin: bytes, *flags: str) -> list[str]:
+    """cuobjdump's output for each of ``flags``, the cubin written once."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, flag, f.name], check=True, capture_output=True,
-                              text=True).stdout
+        return [subprocess.run([triton.knobs.nvidia.cuobjdump.path, flag, f.name], check=True, capture_output=True,
+                               text=True).stdout for flag in flags]
 
 
-def resources(cubin: bytes) -> dict:
+def resources(usage: str) -> dict:
     """``{"registers", "stack_bytes", "local_bytes"}`` per thread, from cuobjdump's resource usage."""
-    usage = _cuobjdump("--dump-resource-usage", cubin)
     found = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage))
     return {"registers": int(found["REG"]), "stack_bytes": int(found["STACK"]), "local_bytes": int(found["LOCAL"])}
 
@@ -93,10 +94,11 @@ def loops(sass: str) -> list[dict]:
     found = []
     for end, (address, text) in enumerate(instructions):
         branch = re.search(r"\bBRA\b[^;]*?(0x[0-9a-f]+)", text)
+        target = int(branch.group(1), 16) if branch else None
         # a branch to itself is the trap after the kernel's exit, not a loop
-        if not branch or int(branch.group(1), 16) >= address or int(branch.group(1), 16) not in index:
+        if target is None or target >= address or target not in index:
             continue
-        start = index[int(branch.group(1), 16)]
+        start = index[target]
         opcodes = collections.Counter()
         for _, body in instructions[start:end + 1]:
             opcode = re.sub(r"^@!?U?P[T0-9]+\s+", "", body).split()[0].split(".")[0]
@@ -107,9 +109,9 @@ def loops(sass: str) -> list[dict]:
 
 
 def kernel_report(compiled) -> dict:
-    cubin = compiled.asm["cubin"]
+    usage, sass = _cuobjdump(compiled.asm["cubin"], "--dump-resource-usage", "-sass")
     return {"shared_bytes": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
-            "num_stages": compiled.metadata.num_stages, **resources(cubin), "loops": loops(_cuobjdump("-sass", cubin))}
+            "num_stages": compiled.metadata.num_stages, **resources(usage), "loops": loops(sass)}
 
 
 def _loop_table(found: list[dict]) -> str:
@@ -128,7 +130,7 @@ def launch_call(args, compiler: OfflineCompiler) -> None:
     q = torch.empty(1, args.q_heads, L, D, dtype=dtype)
     k, v = (torch.empty(1, args.kv_heads, L, D, dtype=dtype) for _ in range(2))
     scale = D**-0.5
-    n_blocks = -(-L // args.block)
+    n_blocks = cdiv(L, args.block)
     config = json.loads(args.config) if args.config else None
     if args.call == "estimate":
         estimate_block_scores(q, k, stride=args.stride, block_size=args.block, head_shift="round_robin", scale=scale,
