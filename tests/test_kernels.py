@@ -123,6 +123,49 @@ def test_estimator_scores_do_not_depend_on_how_many_persistent_programs_share_th
     assert torch.equal(got, estimate_kernel(q, k, config=SMALL, **common))
 
 
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_means_through_descriptors_score_as_pointer_loads(precision, packed):
+    """Descriptors load whole tiles of the means' ``[rows, D]`` view, so a head's last tile runs on
+    into the next head's or sequence's strides (42 strides per head here, tiles of 32): the causal
+    mask must drop them. Large keys in the next head make any that leaked change the scores."""
+    q, k, _ = make_qkv(2, 4, 2, 330, 330, 32, dtype=torch.float16, device=DEVICE, seed=21)
+    k[:, 1] *= 8
+    common = dict(stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5, precision=precision,
+                  exact_stride_causal=True, config=_estimate_config())
+    if packed:  # sequences of 200 and 330 tokens, one after another
+        q = torch.cat([q[0, :, :200], q[1]], 1).transpose(0, 1).contiguous()
+        k = torch.cat([k[0, :, :200], k[1]], 1).transpose(0, 1).contiguous()
+        cu = torch.tensor([0, 200, 530], dtype=torch.int32, device=DEVICE)
+        common.update(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=330, max_seqlen_k=330)
+    pointers = estimate_kernel(q, k, tma=False, **common)
+    got = estimate_kernel(q, k, tma=True, out=torch.full_like(pointers, float("nan")) if not packed else None, **common)
+    assert torch.equal(got, pointers)
+    if not packed:
+        cfg = rr.RRConfig(stride=8, block_size=64, exact_stride_causal=True, estimator_precision=precision)
+        torch.testing.assert_close(got, rr.estimate_block_scores(q, k, cfg, backend="reference"), atol=2e-6, rtol=2e-6)
+
+
+def test_means_through_descriptors_only_where_they_can_be():
+    from rrattention.kernels.estimate import means_tma_supported
+
+    q, k, _ = make_qkv(1, 2, 1, 128, 128, 64, device=DEVICE)
+    common = dict(stride=8, block_size=64, head_shift="round_robin", scale=0.125, tma=True)
+    with pytest.raises(ValueError, match="tma=True needs stride means"):
+        estimate_kernel(q, k, **common)  # fp32 means
+    with pytest.raises(ValueError, match="tma=True needs stride means"):
+        estimate_kernel(q.half(), k.half(), antidiagonal=True, **common)  # no means to load
+    with pytest.raises(ValueError, match="tma=True needs stride means"):
+        estimate_kernel(q.half()[..., :48], k.half()[..., :48], **common)  # no power-of-two head dim
+    assert not means_tma_supported(torch.device("cpu"), torch.float16, 64, False)
+    if GPU and torch.cuda.get_device_capability()[0] >= 9:
+        assert means_tma_supported(q.device, torch.bfloat16, 128, False)
+        assert not means_tma_supported(q.device, torch.bfloat16, 128, True)
+        assert not means_tma_supported(q.device, torch.float32, 128, False)
+        assert not means_tma_supported(q.device, torch.bfloat16, 256, False)  # not measured
+        assert not means_tma_supported(q.device, torch.bfloat16, 64, False)  # measured slower at 8K-32K
+
+
 @pytest.mark.parametrize(
     "selector, flags, tau",
     list(itertools.product(["top_tau", "forced_first"], [(True, True, True), (False, True, False), (False, False, False)], [0.6, 1.0])),

@@ -92,9 +92,10 @@ def make_qkv(hq: int, hkv: int, length: int, d: int, layout: str, structured: bo
     return q, k, v
 
 
-def sweep(length, hq, hkv, d, block, stride, kernels, layout) -> None:
+def sweep(length, hq, hkv, d, block, stride, kernels, layout, precision="exact", tma=None) -> None:
     """Launch-config variants of ``kernels`` at one length, printed fastest first with the default
-    config's time (to choose kernels/_common.py)."""
+    config's time (to choose kernels/_common.py); the estimator's in ``precision``, with its means
+    through descriptors or not (``tma``; None: as dispatch decides)."""
     import itertools
 
     q, k, v = make_qkv(hq, hkv, length, d, layout)
@@ -115,17 +116,20 @@ def sweep(length, hq, hkv, d, block, stride, kernels, layout) -> None:
         cfg = dict(ROWS=rows, BLOCK_N=bn, num_warps=warps, num_stages=stages, PROGRAMS_PER_SM=per_sm)
         try:
             t = bench(lambda: estimate_block_scores(q, k, stride=stride, block_size=block, head_shift="round_robin",
-                                                    scale=d**-0.5, config=cfg))
+                                                    scale=d**-0.5, config=cfg, precision=precision, tma=tma))
         except Exception as err:
             t = float("nan")
             print("estimate", cfg, type(err).__name__)
         results.append(("estimate", cfg, t))
     defaults = {"attention": lambda: sparse_kernel(q, k, v, count, index, block_size=block, scale=d**-0.5),
                 "estimate": lambda: estimate_block_scores(q, k, stride=stride, block_size=block,
-                                                          head_shift="round_robin", scale=d**-0.5)}
+                                                          head_shift="round_robin", scale=d**-0.5,
+                                                          precision=precision, tma=tma)}
     for kernel in kernels:
         rows = sorted((r for r in results if r[0] == kernel and r[2] == r[2]), key=lambda r: r[2])
-        print(f"{kernel} at L={length}, Hq={hq}, Hkv={hkv}, D={d}, {layout} layout: default config {bench(defaults[kernel]):.3f} ms; "
+        mode = f" ({precision}, means tma={tma})" if kernel == "estimate" else ""
+        print(f"{kernel}{mode} at L={length}, Hq={hq}, Hkv={hkv}, D={d}, {layout} layout: default config "
+              f"{bench(defaults[kernel]):.3f} ms; "
               "fastest first:")
         for _, cfg, t in rows[:8]:
             print(f"  {t:8.3f} ms  {cfg}")
@@ -154,6 +158,10 @@ def main() -> None:
                     help="with --select: also time MODULE's estimate_block_scores (another version of the estimator "
                          "kernel) on the same inputs, and check that its scores are identical, or differ by rounding only")
     ap.add_argument("--sweep-kernels", default="attention,estimate", help="with --sweep: the kernels to sweep")
+    ap.add_argument("--sweep-precision", choices=("exact", "fast"), default="exact",
+                    help="with --sweep: the estimator's precision mode")
+    ap.add_argument("--sweep-tma", choices=("auto", "on", "off"), default="auto",
+                    help="with --sweep: the estimator's means through tensor descriptors (auto: as dispatch decides)")
     ap.add_argument("--masks", choices=("random", "structured"), default="random")
     ap.add_argument("--layout", choices=("heads", "tokens"), default="heads",
                     help="memory of q, k, v: [B, H, L, D] (heads) or a framework's [B, L, H, D] (tokens)")
@@ -230,7 +238,8 @@ def main() -> None:
         return
     if args.sweep:
         sweep(args.sweep, args.q_heads, args.kv_heads, args.head_dim, args.block, args.stride,
-              args.sweep_kernels.split(","), args.layout)
+              args.sweep_kernels.split(","), args.layout, args.sweep_precision,
+              {"auto": None, "on": True, "off": False}[args.sweep_tma])
         return
 
     torch.manual_seed(0)

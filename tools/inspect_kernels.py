@@ -134,7 +134,7 @@ def launch_call(args, compiler: OfflineCompiler) -> None:
     config = json.loads(args.config) if args.config else None
     if args.call == "estimate":
         estimate_block_scores(q, k, stride=args.stride, block_size=args.block, head_shift="round_robin", scale=scale,
-                              precision=args.precision, config=config, launches=compiler)
+                              precision=args.precision, config=config, launches=compiler, tma=args.tma)
     elif args.call == "select":
         scores = torch.empty(1, args.q_heads, n_blocks, n_blocks)
         select_blocks(scores, q_len=L, k_len=L, block_size=args.block, tau=0.95, selector="top_tau", force_sink=True,
@@ -158,7 +158,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--precision", choices=("exact", "fast"), default="exact", help="estimate: the estimator's mode")
-    ap.add_argument("--tma", action="store_true", help="attention: K and V through tensor descriptors")
+    ap.add_argument("--tma", action="store_true",
+                    help="attention: K and V through tensor descriptors; estimate: the stride means through them")
     ap.add_argument("--config", default="", metavar="JSON", help="estimate, attention: launch-config overrides")
     ap.add_argument("--out", type=Path, default=None, help="write inspect_<call>.md and .json there")
     args = ap.parse_args()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -51,6 +53,16 @@ _CONFIGS = {
         128: dict(ROWS=256, BLOCK_N=128, num_warps=8, num_stages=2, PROGRAMS_PER_SM=1),
         256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1, PROGRAMS_PER_SM=1),
     },
+    # The same two modes with the means through descriptors (Hopper, D=128 only: kernels/estimate.py's
+    # MEANS_TMA_HEAD_DIMS), swept on the H200 at 32K and 128K (results/kernels/h200/means-tma/).
+    # Freed of the pointer loads' address arithmetic, the exact mode is fastest on the one-term
+    # entry as well: 128 rows on 4 warps, one stage, two programs per multiprocessor.
+    "estimate_tma": {
+        128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+    },
+    "estimate_two_terms_tma": {
+        128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
+    },
 }
 
 
@@ -66,6 +78,16 @@ def next_pow2(x: int) -> int:
 def block_row_tile(n_kblocks: int) -> dict:
     """``BLOCK_K`` and warps of a kernel whose program holds one whole row of key blocks (selection, FA4 lists)."""
     return dict(BLOCK_K=max(16, next_pow2(n_kblocks)), num_warps=4 if n_kblocks <= 512 else 8)
+
+
+@functools.cache
+def _capability_major(device_index: int | None) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
+def has_tma(device: torch.device) -> bool:
+    """``device`` is a GPU with tensor-memory-accelerator loads (compute capability 9 or later)."""
+    return device.type == "cuda" and _capability_major(device.index) >= 9
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ._common import cdiv, dot_precision, launch_config, next_pow2, sequence_bounds
+from ._common import cdiv, dot_precision, has_tma, launch_config, next_pow2, sequence_bounds
 from ._launch import Launches, launch
 
 
@@ -227,7 +227,7 @@ def tma_supported(k: torch.Tensor, v: torch.Tensor) -> bool:
     """K and V are read through TMA descriptors: on a GPU of compute capability 9 or later, in
     fp16/bf16, for a head dim of :data:`TMA_HEAD_DIMS`, with 16-byte aligned base pointers and row
     strides, and rows that :func:`_row_view` can address."""
-    if not k.is_cuda or k.dtype not in (torch.float16, torch.bfloat16) or not _has_tma(k.device.index):
+    if not k.is_cuda or k.dtype not in (torch.float16, torch.bfloat16) or not has_tma(k.device):
         return False
     size = k.element_size()
     return (k.shape[-1] in TMA_HEAD_DIMS
@@ -267,11 +267,6 @@ def _row_view(shape: tuple, strides: tuple) -> tuple | None:
         return None
     rows = (batch - 1) * rows_seq + (heads - 1) * rows_head + length
     return (rows, (heads - 1) * cols_head + dim), row_stride, rows_seq, rows_head, cols_head
-
-
-@functools.cache
-def _has_tma(device_index: int | None) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 @functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry

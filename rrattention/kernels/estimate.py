@@ -23,6 +23,10 @@ Two kernels:
   scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
   scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
   (``results/kernels/h200/estimate_onepass.md``).
+
+On Hopper, for D=128, the estimator reads the means through rank-2 tensor descriptors (TMA) over
+their ``[rows, D]`` view (:func:`means_tma_supported`): 12–15% faster at 32K–128K on the H200 in
+both modes, the same scores bit for bit (``results/kernels/h200/means-tma/``).
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..reference.sampling import layer_hash as random_layer_hash
-from ._common import cdiv, dot_precision, launch_config, next_pow2, sequence_bounds
+from ._common import cdiv, dot_precision, has_tma, launch_config, next_pow2, sequence_bounds
 from ._launch import Launches, launch
 
 POLICIES = {"round_robin": 0, "fixed": 1, "random": 2, "group_round_robin": 3}
@@ -126,15 +131,19 @@ def _stride_means_kernel(
 
 
 @triton.jit
-def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok, last_stride, z_diag,
-                 n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm,
-                 stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr, SPLITS: tl.constexpr,
-                 EXACT: tl.constexpr, ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _tile_logits(q, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok,
+                 last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start, q_len, k_rows,
+                 k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr,
+                 SPLITS: tl.constexpr, EXACT: tl.constexpr, ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 TMA: tl.constexpr):
     """Logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible: ``q · K̄ᵀ`` (RR),
     or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention). With ``SPLITS=2``
     they are scaled (base 2): ``q`` holds the fp16 rows scaled by ``2^e_r``, ``row_scale`` is
     ``qk_scale · 2^−e_r`` and the means' own ``2^−e_n`` are read from ``InvScale``. With
-    ``SPLITS=1`` they are left unscaled: the caller's exponent applies ``qk_scale``."""
+    ``SPLITS=1`` they are left unscaled: the caller's exponent applies ``qk_scale``. With ``TMA`` the
+    means come through descriptors over their ``[rows, D]`` view, one row per stride, whose rows
+    past ``n_key_strides`` are the next head's or zeros: only the last tile reaches them, and the
+    causal mask sets them to ``−inf``."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     if ANTIDIAGONAL:
         z = tl.zeros([t.shape[0], BLOCK_N], tl.float32)
@@ -149,10 +158,18 @@ def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_ke
     else:
         ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
         load_mask = (offs_n < n_key_strides)[:, None] & d_ok[None, :]
-        z = tl.dot(q, tl.trans(tl.load(Hi + ptr, mask=load_mask, other=0.0)), input_precision=DOT_PRECISION)
+        if TMA:
+            hi = DescHi.load([scale_base + n0, 0])
+        else:
+            hi = tl.load(Hi + ptr, mask=load_mask, other=0.0)
+        z = tl.dot(q, tl.trans(hi), input_precision=DOT_PRECISION)
         if SPLITS == 2:
+            if TMA:
+                lo = DescLo.load([scale_base + n0, 0])
+            else:
+                lo = tl.load(Lo + ptr, mask=load_mask, other=0.0)
             # accumulating in the product (not ``z += dot``) keeps one accumulator tile in registers
-            z = tl.dot(q, tl.trans(tl.load(Lo + ptr, mask=load_mask, other=0.0)), z, input_precision=DOT_PRECISION)
+            z = tl.dot(q, tl.trans(lo), z, input_precision=DOT_PRECISION)
             inverse = tl.load(InvScale + scale_base + offs_n, mask=offs_n < n_key_strides, other=1.0)
             z = z * (row_scale[:, None] * inverse[None, :])  # both powers of two first: no overflow of z
     if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
@@ -165,7 +182,7 @@ def _tile_logits(q, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_ke
 
 @triton.jit
 def _estimate_kernel(
-    Q, K, Hi, Lo, InvScale, Scores, Partial, TileMax, CuSeqQ, CuSeqK,
+    Q, K, Hi, Lo, InvScale, Scores, Partial, TileMax, CuSeqQ, CuSeqK, DescHi, DescLo,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_mb, stride_mh, stride_mn,
@@ -174,7 +191,7 @@ def _estimate_kernel(
     GROUP: tl.constexpr, POLICY: tl.constexpr, STRIDE: tl.constexpr, R: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLITS: tl.constexpr, EXACT: tl.constexpr, VARLEN: tl.constexpr, ANTIDIAGONAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
     PAIRS: tl.constexpr = ROWS // R
     TILE_BLOCKS: tl.constexpr = BLOCK_N // R
@@ -257,10 +274,10 @@ def _estimate_kernel(
             m_i = tl.full([ROWS], float("-inf"), tl.float32)
             l_i = tl.zeros([ROWS], tl.float32)
             for n0 in range(0, n_end, BLOCK_N):
-                z = _tile_logits(q_dot, Hi, Lo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok,
-                                 last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start,
-                                 q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS,
-                                 EXACT, ANTIDIAGONAL, DOT_PRECISION)
+                z = _tile_logits(q_dot, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, stride_mn, n0,
+                                 n_key_strides, d_ok, last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows,
+                                 row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d,
+                                 BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL, DOT_PRECISION, TMA)
                 # One term: the max of the unscaled logits, scaled, is the max of the scaled ones
                 # (qk_scale > 0), and the scale rides in the exponent's FFMA, one multiply per logit
                 # fewer. Two terms keep their scaling in _tile_logits, before the causal −inf: a
@@ -340,6 +357,7 @@ def estimate_block_scores(
     antidiagonal: bool = False,
     precision: str = "exact",
     launches: Launches | None = None,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """Launch the estimator; arguments are assumed validated (see ``rrattention.api``).
 
@@ -357,9 +375,14 @@ def estimate_block_scores(
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
     ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
     launch cache (:mod:`rrattention.kernels._launch`). ``head_start``: the
-    global index of query head 0 (tensor parallelism), for the offsets of spec §2.
+    global index of query head 0 (tensor parallelism), for the offsets of spec §2. ``tma``: read
+    the stride means through tensor descriptors (None: where :func:`means_tma_supported` allows;
+    True forces it, False keeps the pointer loads).
     """
     varlen = cu_seqlens_q is not None
+    if tma and q.is_cuda and not has_tma(q.device):
+        raise ValueError(f"tma=True needs a GPU of compute capability 9 or later, got {q.device} of capability "
+                         f"{torch.cuda.get_device_capability(q.device)}")
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     overrides = {"SPLITS": 1, **(config or {})} if precision == "fast" else (config or {})
@@ -369,6 +392,7 @@ def estimate_block_scores(
         max_seqlen_q, max_seqlen_k, stride, block_size, head_shift, scale,
         random_layer_hash(seed, layer) if head_shift == "random" else 0, head_start, exact_stride_causal, antidiagonal,
         tuple(sorted(overrides.items())),
+        means_tma_supported(q.device, q.dtype, q.shape[-1], antidiagonal) if tma is None else tma, tma is True,
     )
     if antidiagonal:  # keys are read token by token: no stride means
         means = (k.new_empty(1, 1, 1, 1),) * 3
@@ -385,10 +409,33 @@ def estimate_block_scores(
     scratch = torch.empty(geo.scratch_numel, dtype=torch.float32, device=q.device)
     partial, tile_max = scratch.split([geo.scratch_numel - geo.tile_max_numel, geo.tile_max_numel])
     dummy = means[0]
+    if geo.constexprs["TMA"]:
+        block = [geo.constexprs["BLOCK_N"], geo.means_shape[-1]]
+        rows = math.prod(geo.means_shape[1:4])
+        descriptors = tuple(TensorDescriptor(m, [rows, block[1]], [block[1], 1], block) for m in means[:2])
+    else:
+        descriptors = means[:2]  # unused
     launch(_estimate_kernel, geo.grid,
-           (q, k, *means, out, partial, tile_max, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy),
+           (q, k, *means, out, partial, tile_max, cu_seqlens_q if varlen else dummy, cu_seqlens_k if varlen else dummy,
+            *descriptors),
            (*geo.leading_scalars, *out.stride()[:3], *geo.trailing_scalars), geo.constexprs, launches)
     return out
+
+
+# Head dims whose descriptor loads of the means were measured faster than pointer loads at every
+# length (H200, results/kernels/h200/means-tma/): D=128 by 5-18% from 8K to 128K. D=64 (SmolLM2's
+# 9/3 heads) was 25-30% faster at 128K on its best descriptor entry but 1-24% slower at 8K-32K,
+# where its calls are many and short; it keeps the pointer loads.
+MEANS_TMA_HEAD_DIMS = frozenset({128})
+
+
+def means_tma_supported(device: torch.device, dtype: torch.dtype, head_dim: int, antidiagonal: bool) -> bool:
+    """The estimator reads its stride means through tensor descriptors: on a GPU with TMA, for 16-bit
+    inputs (the means are fp16 or the input's type, rows of ``D`` in the library's own contiguous
+    buffer, so aligned) and a head dim of :data:`MEANS_TMA_HEAD_DIMS`; never for the antidiagonal
+    scores, which read no means."""
+    return (not antidiagonal and dtype in (torch.float16, torch.bfloat16) and head_dim in MEANS_TMA_HEAD_DIMS
+            and has_tma(device))
 
 
 class _EstimateGeometry(NamedTuple):
@@ -411,7 +458,7 @@ class _EstimateGeometry(NamedTuple):
 @functools.lru_cache(maxsize=256)  # pure in its arguments: a plan's layers share one entry
 def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocessors, num_packed, max_seqlen_q,
                        max_seqlen_k, stride, block_size, head_shift, scale, layer_hash, head_start, exact_stride_causal,
-                       antidiagonal, config) -> _EstimateGeometry:
+                       antidiagonal, config, tma, tma_forced) -> _EstimateGeometry:
     varlen = num_packed is not None
     head_dim = q_shape[-1]
     if varlen:
@@ -430,8 +477,17 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
     splits = _splits(dtype, antidiagonal, override.pop("SPLITS", None))
     kernel = "estimate_antidiagonal" if antidiagonal else "estimate_two_terms" if splits == 2 else "estimate"
     cfg = launch_config(kernel, head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
+    # a descriptor's box is at most 256 rows of at most 256 elements
+    if tma_forced and (antidiagonal or dtype == torch.float32 or head_dim != next_pow2(head_dim)
+                       or not 16 <= head_dim <= 256 or max(per_block, cfg["BLOCK_N"]) > 256):
+        raise ValueError(f"tma=True needs stride means (not antidiagonal) in a 16-bit type, a power-of-two head dim "
+                         f"in [16, 256] and at most 256 strides per tile, got {dtype}, head dim {head_dim}, "
+                         f"BLOCK_N={max(per_block, cfg['BLOCK_N'])}, antidiagonal={antidiagonal}")
+    if tma and head_dim in MEANS_TMA_HEAD_DIMS:
+        cfg = launch_config(kernel + "_tma", head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
     rows = max(per_block, cfg.pop("ROWS"))
     block_n = max(per_block, cfg.pop("BLOCK_N"))
+    tma = tma and block_n <= 256
     n_strides = cdiv(max_k, stride)
     n_chunks = cdiv(cdiv(max_q, block_size) * group, rows // per_block)  # of (query block, query head) pairs
     per_multiprocessor = cfg.pop("PROGRAMS_PER_SM")
@@ -461,5 +517,5 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
         constexprs=dict(GROUP=group, POLICY=POLICIES[head_shift], STRIDE=stride, R=per_block,
                         HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), ROWS=rows, BLOCK_N=block_n,
                         SPLITS=splits, EXACT=exact_stride_causal and not antidiagonal, VARLEN=varlen,
-                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype), **cfg),
+                        ANTIDIAGONAL=antidiagonal, DOT_PRECISION=dot_precision(dtype), TMA=bool(tma), **cfg),
     )
