@@ -127,11 +127,12 @@ def test_estimator_scores_do_not_depend_on_how_many_persistent_programs_share_th
 @pytest.mark.parametrize("packed", [False, True])
 def test_means_through_descriptors_score_as_pointer_loads(precision, packed):
     """Descriptors load whole tiles of the means' ``[rows, D]`` view, so a head's last tile runs on
-    into the next head's or sequence's strides (42 strides per head here, tiles of 32): the causal
-    mask must drop them. Large keys in the next head make any that leaked change the scores."""
-    q, k, _ = make_qkv(2, 4, 2, 330, 330, 32, dtype=torch.float16, device=DEVICE, seed=21)
+    into the next head's or sequence's strides (42 strides per head here, tiles of 32 on the CPU and
+    128 on a GPU): the causal mask must drop them. Large keys in the next head make any that leaked
+    change the scores."""
+    q, k, _ = make_qkv(2, 4, 2, 330, 330, 64, dtype=torch.float16, device=DEVICE, seed=21)
     k[:, 1] *= 8
-    common = dict(stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5, precision=precision,
+    common = dict(stride=8, block_size=64, head_shift="round_robin", scale=64**-0.5, precision=precision,
                   exact_stride_causal=True, config=_estimate_config())
     if packed:  # sequences of 200 and 330 tokens, one after another
         q = torch.cat([q[0, :, :200], q[1]], 1).transpose(0, 1).contiguous()
