@@ -370,8 +370,8 @@ def estimate_block_scores(
     ``PROGRAMS``: the number of persistent programs). Beside the means (``SPLITS × Lk/S × D`` per
     KV head and sequence, and with two terms one fp32 scale per stride) the launch takes a scratch of
     ``programs × ROWS × ⌈Lk/S / BLOCK_N⌉ × (BLOCK_N·S/Bk + 1)`` fp32 values (148.5 MiB at 128K
-    tokens with ``BLOCK_N=128`` on the H200's 132 multiprocessors: one program of 256 rows each in
-    the exact mode at D=128, two of 128 in the fast one).
+    tokens with ``BLOCK_N=128`` on the H200's 132 multiprocessors at D=128: two programs of 128 rows
+    each in either mode; with pointer loads, one of 256 rows in the exact mode).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
     ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
     launch cache (:mod:`rrattention.kernels._launch`). ``head_start``: the
