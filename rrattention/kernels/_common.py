@@ -90,6 +90,13 @@ def has_tma(device: torch.device) -> bool:
     return device.type == "cuda" and _capability_major(device.index) >= 9
 
 
+def check_forced_tma(device: torch.device) -> None:
+    """A kernel's ``tma=True`` on a GPU without TMA is a ValueError (the CPU interpreter runs either path)."""
+    if device.type == "cuda" and not has_tma(device):
+        raise ValueError(f"tma=True needs a GPU of compute capability 9 or later, got {device} of capability "
+                         f"{torch.cuda.get_device_capability(device)}")
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get true fp32 products (no TF32): kernels must reproduce the fp32 reference."""
     return "ieee" if dtype == torch.float32 else "tf32"

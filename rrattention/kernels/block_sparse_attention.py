@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ._common import cdiv, dot_precision, has_tma, launch_config, next_pow2, sequence_bounds
+from ._common import cdiv, check_forced_tma, dot_precision, has_tma, launch_config, next_pow2, sequence_bounds
 from ._launch import Launches, launch
 
 
@@ -200,9 +200,8 @@ def block_sparse_attention(
                   or k.shape[-1] != next_pow2(k.shape[-1])):
         raise ValueError(f"tma=True needs a power-of-two head dim and keys and values that _row_view can address, "
                          f"got shape {tuple(k.shape)} with strides {k.stride()} and {v.stride()}")
-    elif tma and k.is_cuda and not has_tma(k.device):
-        raise ValueError(f"tma=True needs a GPU of compute capability 9 or later, got {k.device} of capability "
-                         f"{torch.cuda.get_device_capability(k.device)}")
+    elif tma:
+        check_forced_tma(k.device)
     grid, scalars, constexprs, views = _attention_geometry(
         q.shape, q.stride(), k.shape, k.stride(), v.stride(), out.stride(), lse.stride(), kv_count.stride(),
         kv_index.shape, kv_index.stride(), q.dtype, num_seqs, varlen, max_seqlen_q, block_size, scale,

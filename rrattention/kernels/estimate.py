@@ -41,7 +41,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..reference.sampling import layer_hash as random_layer_hash
-from ._common import cdiv, dot_precision, has_tma, launch_config, next_pow2, sequence_bounds
+from ._common import cdiv, check_forced_tma, dot_precision, has_tma, launch_config, next_pow2, sequence_bounds
 from ._launch import Launches, launch
 
 POLICIES = {"round_robin": 0, "fixed": 1, "random": 2, "group_round_robin": 3}
@@ -380,9 +380,8 @@ def estimate_block_scores(
     True forces it, False keeps the pointer loads).
     """
     varlen = cu_seqlens_q is not None
-    if tma and q.is_cuda and not has_tma(q.device):
-        raise ValueError(f"tma=True needs a GPU of compute capability 9 or later, got {q.device} of capability "
-                         f"{torch.cuda.get_device_capability(q.device)}")
+    if tma:
+        check_forced_tma(q.device)
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     overrides = {"SPLITS": 1, **(config or {})} if precision == "fast" else (config or {})
@@ -476,17 +475,16 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
     override = dict(config)
     splits = _splits(dtype, antidiagonal, override.pop("SPLITS", None))
     kernel = "estimate_antidiagonal" if antidiagonal else "estimate_two_terms" if splits == 2 else "estimate"
-    cfg = launch_config(kernel, head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
-    # a descriptor's box is at most 256 rows of at most 256 elements
-    if tma_forced and (antidiagonal or dtype == torch.float32 or head_dim != next_pow2(head_dim)
-                       or not 16 <= head_dim <= 256 or max(per_block, cfg["BLOCK_N"]) > 256):
-        raise ValueError(f"tma=True needs stride means (not antidiagonal) in a 16-bit type, a power-of-two head dim "
-                         f"in [16, 256] and at most 256 strides per tile, got {dtype}, head dim {head_dim}, "
-                         f"BLOCK_N={max(per_block, cfg['BLOCK_N'])}, antidiagonal={antidiagonal}")
-    if tma and head_dim in MEANS_TMA_HEAD_DIMS:
-        cfg = launch_config(kernel + "_tma", head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
+    entry = kernel + "_tma" if tma and head_dim in MEANS_TMA_HEAD_DIMS else kernel
+    cfg = launch_config(entry, head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
     rows = max(per_block, cfg.pop("ROWS"))
     block_n = max(per_block, cfg.pop("BLOCK_N"))
+    # a descriptor's box is at most 256 rows of at most 256 elements
+    if tma_forced and (antidiagonal or dtype == torch.float32 or head_dim != next_pow2(head_dim)
+                       or not 16 <= head_dim <= 256 or block_n > 256):
+        raise ValueError(f"tma=True needs stride means (not antidiagonal) in a 16-bit type, a power-of-two head dim "
+                         f"in [16, 256] and at most 256 strides per tile, got {dtype}, head dim {head_dim}, "
+                         f"BLOCK_N={block_n}, antidiagonal={antidiagonal}")
     tma = tma and block_n <= 256
     n_strides = cdiv(max_k, stride)
     n_chunks = cdiv(cdiv(max_q, block_size) * group, rows // per_block)  # of (query block, query head) pairs
