@@ -11,15 +11,21 @@ VPY_PADDLE := $(VENV_PADDLE)/bin/python
 VENV_VLLM ?= .venv-vllm
 VPY_VLLM := $(VENV_VLLM)/bin/python
 
+# Each venv pulls ~0.5 GB from PyPI (triton's wheel alone is 286 MB); a CI run once lost its connection at
+# 245 MB and pip's default five resumes all failed within seconds, so reconnects and resumes get more room.
+# The venv's bundled pip (23.2) predates --resume-retries, so it only upgrades pip, with the older options.
+PIP_UPGRADE := -m pip install --retries 10 --upgrade pip
+PIP_INSTALL := -m pip install --retries 10 --resume-retries 30
+
 .PHONY: setup test setup-paddle test-paddle setup-vllm test-vllm assets eval tables clean
 
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -r requirements.txt
-	$(VPY) -m pip install --no-deps -e .
+	$(VPY) $(PIP_UPGRADE)
+	$(VPY) $(PIP_INSTALL) -r requirements.txt
+	$(VPY) $(PIP_INSTALL) --no-deps -e .
 	touch $@
 
 test: setup
@@ -30,9 +36,9 @@ setup-paddle: $(VENV_PADDLE)/.setup-done
 
 $(VENV_PADDLE)/.setup-done: requirements-paddle.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_PADDLE)
-	$(VPY_PADDLE) -m pip install --upgrade pip
-	$(VPY_PADDLE) -m pip install -r requirements-paddle.txt
-	$(VPY_PADDLE) -m pip install --no-deps -e .
+	$(VPY_PADDLE) $(PIP_UPGRADE)
+	$(VPY_PADDLE) $(PIP_INSTALL) -r requirements-paddle.txt
+	$(VPY_PADDLE) $(PIP_INSTALL) --no-deps -e .
 	touch $@
 
 test-paddle: setup-paddle
@@ -45,9 +51,9 @@ setup-vllm: $(VENV_VLLM)/.setup-done
 
 $(VENV_VLLM)/.setup-done: requirements-vllm.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_VLLM)
-	$(VPY_VLLM) -m pip install --upgrade pip
-	$(VPY_VLLM) -m pip install --no-deps -r requirements-vllm.txt
-	$(VPY_VLLM) -m pip install --no-deps -e .
+	$(VPY_VLLM) $(PIP_UPGRADE)
+	$(VPY_VLLM) $(PIP_INSTALL) --no-deps -r requirements-vllm.txt
+	$(VPY_VLLM) $(PIP_INSTALL) --no-deps -e .
 	touch $@
 
 test-vllm: setup-vllm
