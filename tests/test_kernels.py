@@ -164,7 +164,38 @@ def test_means_through_descriptors_only_where_they_can_be():
         assert not means_tma_supported(q.device, torch.bfloat16, 128, True)
         assert not means_tma_supported(q.device, torch.float32, 128, False)
         assert not means_tma_supported(q.device, torch.bfloat16, 256, False)  # not measured
-        assert not means_tma_supported(q.device, torch.bfloat16, 64, False)  # measured slower at 8K-32K
+        assert means_tma_supported(q.device, torch.bfloat16, 64, False)  # once its items fill the programs
+
+
+@pytest.mark.parametrize("batch, heads, length, head_dim, precision, want_tma, want_rows", [
+    (1, (9, 3), 32768, 64, "exact", False, 64),  # 1.1 rounds of 264 programs: measured slower
+    (1, (9, 3), 65536, 64, "fast", False, 64),  # 2.2 rounds: not measured
+    (1, (9, 3), 131072, 64, "exact", True, 128),  # 4.4 rounds: measured faster
+    (1, (9, 3), 131072, 64, "fast", True, 128),
+    (4, (9, 3), 32768, 64, "fast", True, 128),  # a batch fills the rounds at a shorter length
+    (1, (32, 8), 8192, 128, "exact", True, 128),  # D=128: at every length
+    (1, (32, 8), 8192, 128, "fast", True, 128),
+    (1, (8, 2), 131072, 256, "exact", False, 128),  # no descriptor entry measured
+])
+def test_means_descriptors_by_rounds_of_the_programs(batch, heads, length, head_dim, precision, want_tma, want_rows):
+    """The default dispatch on an H200-sized GPU (132 multiprocessors), from the launch geometry alone:
+    D=64 reads the means through descriptors once its 128-row items fill 4 rounds of the programs."""
+    from rrattention.kernels.estimate import _estimate_geometry
+
+    q_shape, k_shape = (batch, heads[0], length, head_dim), (batch, heads[1], length, head_dim)
+    contiguous = lambda shape: torch.empty(shape, device="meta").stride()  # noqa: E731
+    config = (("SPLITS", 1),) if precision == "fast" else ()
+
+    def geometry(tma, forced):
+        return _estimate_geometry(q_shape, contiguous(q_shape), k_shape, contiguous(k_shape), torch.bfloat16, 132,
+                                  None, None, None, 8, 128, "round_robin", head_dim**-0.5, 0, 0, False, False, config,
+                                  tma, forced)
+
+    default = geometry(True, False).constexprs
+    assert (default["TMA"], default["ROWS"]) == (want_tma, want_rows)
+    assert not geometry(False, False).constexprs["TMA"]
+    forced = geometry(True, True).constexprs  # forced descriptors use the descriptor entry at any length
+    assert forced["TMA"] and forced["ROWS"] == (128 if head_dim in (64, 128) else want_rows)
 
 
 @pytest.mark.parametrize(

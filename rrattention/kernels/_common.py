@@ -53,14 +53,17 @@ _CONFIGS = {
         128: dict(ROWS=256, BLOCK_N=128, num_warps=8, num_stages=2, PROGRAMS_PER_SM=1),
         256: dict(ROWS=128, BLOCK_N=32, num_warps=8, num_stages=1, PROGRAMS_PER_SM=1),
     },
-    # The same two modes with the means through descriptors (Hopper, D=128 only: kernels/estimate.py's
-    # MEANS_TMA_HEAD_DIMS), swept on the H200 at 32K and 128K (results/kernels/h200/means-tma/).
+    # The same two modes with the means through descriptors (Hopper, kernels/estimate.py's
+    # MEANS_TMA_MIN_ROUNDS), swept on the H200 at 32K and 128K (results/kernels/h200/means-tma/).
     # Freed of the pointer loads' address arithmetic, the exact mode is fastest on the one-term
-    # entry as well: 128 rows on 4 warps, one stage, two programs per multiprocessor.
+    # entry as well: 128 rows on 4 warps, one stage, two programs per multiprocessor. D=64 (9/3
+    # heads) took the same entry in the fast mode and two stages in the exact mode at 128K.
     "estimate_tma": {
+        64: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
         128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
     },
     "estimate_two_terms_tma": {
+        64: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=2, PROGRAMS_PER_SM=2),
         128: dict(ROWS=128, BLOCK_N=128, num_warps=4, num_stages=1, PROGRAMS_PER_SM=2),
     },
 }

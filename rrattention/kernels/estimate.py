@@ -24,9 +24,11 @@ Two kernels:
   scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
   (``results/kernels/h200/estimate_onepass.md``).
 
-On Hopper, for D=128, the estimator reads the means through rank-2 tensor descriptors (TMA) over
-their ``[rows, D]`` view (:func:`means_tma_supported`): 12–15% faster at 32K–128K on the H200 in
-both modes, the same scores bit for bit (``results/kernels/h200/means-tma/``).
+On Hopper the estimator reads the means through rank-2 tensor descriptors (TMA) over their
+``[rows, D]`` view (:func:`means_tma_supported`): for D=128 always, 12–15% faster at 32K–128K on
+the H200 in both modes, and for D=64 once its 128-row items fill 4 rounds of the programs
+(:data:`MEANS_TMA_MIN_ROUNDS`), 25–30% faster at 128K; the same scores bit for bit
+(``results/kernels/h200/means-tma/``).
 """
 
 from __future__ import annotations
@@ -371,7 +373,8 @@ def estimate_block_scores(
     KV head and sequence, and with two terms one fp32 scale per stride) the launch takes a scratch of
     ``programs × ROWS × ⌈Lk/S / BLOCK_N⌉ × (BLOCK_N·S/Bk + 1)`` fp32 values (148.5 MiB at 128K
     tokens with ``BLOCK_N=128`` on the H200's 132 multiprocessors at D=128: two programs of 128 rows
-    each in either mode; with pointer loads, one of 256 rows in the exact mode).
+    each in either mode; with pointer loads, one of 256 rows in the exact mode; the same at D=64 on
+    its descriptor entry, twice its 64-row pointer entry's).
     ``antidiagonal=True`` computes XAttention's stride scores instead (``head_shift`` and
     ``exact_stride_causal`` unused; see ``rrattention.methods.xattention``). ``launches``: a plan's
     launch cache (:mod:`rrattention.kernels._launch`). ``head_start``: the
@@ -421,19 +424,24 @@ def estimate_block_scores(
     return out
 
 
-# Head dims whose descriptor loads of the means were measured faster than pointer loads at every
-# length (H200, results/kernels/h200/means-tma/): D=128 by 5-18% from 8K to 128K. D=64 (SmolLM2's
-# 9/3 heads) was 25-30% faster at 128K on its best descriptor entry but 1-24% slower at 8K-32K,
-# where its calls are many and short; it keeps the pointer loads.
-MEANS_TMA_HEAD_DIMS = frozenset({128})
+# Head dims whose estimator reads the means through descriptors by default, and from how many
+# rounds of work items per persistent program up (on the descriptor entry, whose items are 128
+# rows). H200, graph replays (results/kernels/h200/means-tma/probe.txt): D=128 was 5-18% faster
+# than the pointer loads at every length from 8K to 128K. D=64 (SmolLM2's 9/3 heads; 64-row items
+# on its pointer entry) was 25-30% faster at 128K, where the items fill 4.4 rounds of the H200's
+# 264 programs, and 1-24% slower at 8K-32K, at most 1.1 rounds: twice the rows per item leave half
+# the items, too few to keep every program busy to the end. Between the two (64K, 2.2 rounds) it
+# is not measured, so D=64 takes the descriptors from 4 rounds up.
+MEANS_TMA_MIN_ROUNDS = {64: 4.0, 128: 0.0}
 
 
 def means_tma_supported(device: torch.device, dtype: torch.dtype, head_dim: int, antidiagonal: bool) -> bool:
-    """The estimator reads its stride means through tensor descriptors: on a GPU with TMA, for 16-bit
-    inputs (the means are fp16 or the input's type, rows of ``D`` in the library's own contiguous
-    buffer, so aligned) and a head dim of :data:`MEANS_TMA_HEAD_DIMS`; never for the antidiagonal
-    scores, which read no means."""
-    return (not antidiagonal and dtype in (torch.float16, torch.bfloat16) and head_dim in MEANS_TMA_HEAD_DIMS
+    """The estimator may read its stride means through tensor descriptors by default: on a GPU with
+    TMA, for 16-bit inputs (the means are fp16 or the input's type, rows of ``D`` in the library's
+    own contiguous buffer, so aligned) and a head dim of :data:`MEANS_TMA_MIN_ROUNDS`; never for the
+    antidiagonal scores, which read no means. It does once the call's work items fill that head
+    dim's rounds of the persistent programs."""
+    return (not antidiagonal and dtype in (torch.float16, torch.bfloat16) and head_dim in MEANS_TMA_MIN_ROUNDS
             and has_tma(device))
 
 
@@ -475,21 +483,31 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
     override = dict(config)
     splits = _splits(dtype, antidiagonal, override.pop("SPLITS", None))
     kernel = "estimate_antidiagonal" if antidiagonal else "estimate_two_terms" if splits == 2 else "estimate"
-    entry = kernel + "_tma" if tma and head_dim in MEANS_TMA_HEAD_DIMS else kernel
-    cfg = launch_config(entry, head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
-    rows = max(per_block, cfg.pop("ROWS"))
-    block_n = max(per_block, cfg.pop("BLOCK_N"))
+    n_strides = cdiv(max_k, stride)
+
+    def entry_launch(entry):
+        """The entry's launch parameters, rows, strides per tile, chunks per KV head and programs."""
+        cfg = launch_config(entry, head_dim=head_dim, block_size=block_size, dtype=dtype, override=override)
+        rows = max(per_block, cfg.pop("ROWS"))
+        n_chunks = cdiv(cdiv(max_q, block_size) * group, rows // per_block)  # of (query block, query head) pairs
+        per_multiprocessor = cfg.pop("PROGRAMS_PER_SM")
+        programs = min(n_chunks * kv_heads * num_seqs, cfg.pop("PROGRAMS", multiprocessors * per_multiprocessor))
+        return cfg, rows, max(per_block, cfg.pop("BLOCK_N")), n_chunks, programs
+
+    has_entry = tma and not antidiagonal and head_dim in MEANS_TMA_MIN_ROUNDS
+    tma_launch = entry_launch(kernel + "_tma") if has_entry else None
+    if tma_launch and not tma_forced:  # the default: descriptors where their entry was measured faster
+        _, _, block_n, n_chunks, programs = tma_launch
+        if block_n > 256 or n_chunks * kv_heads * num_seqs < MEANS_TMA_MIN_ROUNDS[head_dim] * programs:
+            tma_launch = None
+    tma = tma_forced or tma_launch is not None
+    cfg, rows, block_n, n_chunks, programs = tma_launch or entry_launch(kernel)
     # a descriptor's box is at most 256 rows of at most 256 elements
     if tma_forced and (antidiagonal or dtype == torch.float32 or head_dim != next_pow2(head_dim)
                        or not 16 <= head_dim <= 256 or block_n > 256):
         raise ValueError(f"tma=True needs stride means (not antidiagonal) in a 16-bit type, a power-of-two head dim "
                          f"in [16, 256] and at most 256 strides per tile, got {dtype}, head dim {head_dim}, "
                          f"BLOCK_N={block_n}, antidiagonal={antidiagonal}")
-    tma = tma and block_n <= 256
-    n_strides = cdiv(max_k, stride)
-    n_chunks = cdiv(cdiv(max_q, block_size) * group, rows // per_block)  # of (query block, query head) pairs
-    per_multiprocessor = cfg.pop("PROGRAMS_PER_SM")
-    programs = min(n_chunks * kv_heads * num_seqs, cfg.pop("PROGRAMS", multiprocessors * per_multiprocessor))
     n_tiles = cdiv(n_strides, block_n)
     tile_max_numel = programs * rows * n_tiles
     means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
