@@ -17,6 +17,18 @@ VPY_VLLM := $(VENV_VLLM)/bin/python
 PIP_UPGRADE := -m pip install --retries 10 --upgrade pip
 PIP_INSTALL := -m pip install --retries 10 --resume-retries 30
 
+# triton's wheel, the largest download, is not kept by pip's cache from one venv to the next: the
+# first venv built fetches it into $(WHEELHOUSE) (git-ignored) and every venv installs that copy.
+WHEELHOUSE ?= .wheelhouse
+TRITON_VERSION := $(patsubst triton==%,%,$(shell grep -m1 '^triton==' requirements.txt))
+
+# $(1): a venv's python, its pip upgraded
+define install_triton
+	ls $(WHEELHOUSE)/triton-$(TRITON_VERSION)-*.whl >/dev/null 2>&1 || \
+		$(1) -m pip download --retries 10 --resume-retries 30 --no-deps -d $(WHEELHOUSE) triton==$(TRITON_VERSION)
+	$(1) $(PIP_INSTALL) --no-deps $(WHEELHOUSE)/triton-$(TRITON_VERSION)-*.whl
+endef
+
 .PHONY: setup test setup-paddle test-paddle setup-vllm test-vllm assets eval tables clean
 
 setup: $(VENV)/.setup-done
@@ -24,6 +36,7 @@ setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) $(PIP_UPGRADE)
+	$(call install_triton,$(VPY))
 	$(VPY) $(PIP_INSTALL) -r requirements.txt
 	$(VPY) $(PIP_INSTALL) --no-deps -e .
 	touch $@
@@ -37,6 +50,7 @@ setup-paddle: $(VENV_PADDLE)/.setup-done
 $(VENV_PADDLE)/.setup-done: requirements-paddle.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_PADDLE)
 	$(VPY_PADDLE) $(PIP_UPGRADE)
+	$(call install_triton,$(VPY_PADDLE))
 	$(VPY_PADDLE) $(PIP_INSTALL) -r requirements-paddle.txt
 	$(VPY_PADDLE) $(PIP_INSTALL) --no-deps -e .
 	touch $@
@@ -52,6 +66,7 @@ setup-vllm: $(VENV_VLLM)/.setup-done
 $(VENV_VLLM)/.setup-done: requirements-vllm.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_VLLM)
 	$(VPY_VLLM) $(PIP_UPGRADE)
+	$(call install_triton,$(VPY_VLLM))
 	$(VPY_VLLM) $(PIP_INSTALL) --no-deps -r requirements-vllm.txt
 	$(VPY_VLLM) $(PIP_INSTALL) --no-deps -e .
 	touch $@
@@ -75,4 +90,4 @@ eval: setup
 	$(VPY) tools/run_eval.py --config configs/quickstart.yaml $(EVAL_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_PADDLE) $(VENV_VLLM) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(VENV_PADDLE) $(VENV_VLLM) $(WHEELHOUSE) .pytest_cache .hypothesis build *.egg-info
