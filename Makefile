@@ -11,11 +11,12 @@ VPY_PADDLE := $(VENV_PADDLE)/bin/python
 VENV_VLLM ?= .venv-vllm
 VPY_VLLM := $(VENV_VLLM)/bin/python
 
-# Each venv pulls ~0.5 GB from PyPI (triton's wheel alone is 286 MB); a CI run once lost its connection at
-# 245 MB and pip's default five resumes all failed within seconds, so reconnects and resumes get more room.
-# The venv's bundled pip (23.2) predates --resume-retries, so it only upgrades pip, with the older options.
+# Each venv pulls hundreds of MB from PyPI; a CI run once lost triton's 286 MB wheel at 245 MB, and pip's
+# default five resumes all failed within seconds, so reconnects and resumes get more room. The venv's
+# bundled pip (23.2) predates --resume-retries, so it only upgrades pip, with the older option.
+PIP_RETRIES := --retries 10 --resume-retries 30
 PIP_UPGRADE := -m pip install --retries 10 --upgrade pip
-PIP_INSTALL := -m pip install --retries 10 --resume-retries 30
+PIP_INSTALL := -m pip install $(PIP_RETRIES)
 
 # triton's wheel, the largest download, is not kept by pip's cache from one venv to the next: the
 # first venv built fetches it into $(WHEELHOUSE) (git-ignored) and every venv installs that copy.
@@ -25,7 +26,7 @@ TRITON_VERSION := $(patsubst triton==%,%,$(shell grep -m1 '^triton==' requiremen
 # $(1): a venv's python, its pip upgraded
 define install_triton
 	ls $(WHEELHOUSE)/triton-$(TRITON_VERSION)-*.whl >/dev/null 2>&1 || \
-		$(1) -m pip download --retries 10 --resume-retries 30 --no-deps -d $(WHEELHOUSE) triton==$(TRITON_VERSION)
+		$(1) -m pip download $(PIP_RETRIES) --no-deps -d $(WHEELHOUSE) triton==$(TRITON_VERSION)
 	$(1) $(PIP_INSTALL) --no-deps $(WHEELHOUSE)/triton-$(TRITON_VERSION)-*.whl
 endef
 
