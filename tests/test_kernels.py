@@ -390,7 +390,7 @@ def test_dispatch_reports_why_backends_decline():
     assert any("block_size 96 not in [64, 128]" in r for r in reasons["triton"])
     assert any("head dim 512 outside [16, 256]" in r for r in reasons["triton"])
     assert any("no packed variable-length layout" in r for r in reasons["flex"])
-    for why in ("block_size 96 not in [128]", "head dim 512 not in [64, 128]", "no packed variable-length layout",
+    for why in ("block_size 96 not in [128]", "head dim 512 not in [64, 128]", "FA4 has not yet run them on a GPU",
                 "runs on cuda tensors, got cpu"):
         assert any(why in r for r in reasons["fa4"]), (why, reasons["fa4"])
     if not backends.base.importable("flash_attn.cute"):
@@ -451,6 +451,60 @@ def test_fa4_block_lists_split_a_mask_into_partial_and_full_tiles(q_len, k_len):
             (full if bool((keys[None, :] <= rows[:, None]).all()) and (j + 1) * bk <= k_len else partial).append(j)
         assert (int(fc[b, h, i]), int(pc[b, h, i])) == (len(full), len(partial))
         assert fi[b, h, i, : len(full)].tolist() == full and pi[b, h, i, : len(partial)].tolist() == partial
+
+
+def _fa4_varlen_token_mask(lists, s, h, q_len, k_len, bk):
+    """The (query, key) pairs FA4's SM90 forward attends for sequence ``s``, head ``h``, reading the
+    varlen lists as flash_attn/cute/block_sparse_utils.py (4.0.0b36) does: row ``i``'s count at
+    ``[h, cu_total_m_blocks[s] + i]``, its indices from ``cu_block_idx_offsets[s] + i·ceil(Lk/Bk)``;
+    partial tiles get the bottom-right causal and key-length masks, full tiles none."""
+    partial_count, partial_index, full_count, full_index, cu_rows, cu_lists = (x.cpu() for x in lists)
+    n_kblocks = -(-k_len // bk)
+    attended = torch.zeros(q_len, n_kblocks * bk, dtype=torch.bool)
+    for i in range(-(-q_len // bk)):
+        row, start = int(cu_rows[s]) + i, int(cu_lists[s]) + i * n_kblocks
+        queries = torch.arange(i * bk, min((i + 1) * bk, q_len))
+        for count, index, masked in ((partial_count, partial_index, True), (full_count, full_index, False)):
+            for j in index[h, start : start + int(count[h, row])].tolist():
+                keys = torch.arange(j * bk, (j + 1) * bk)
+                seen = (keys[None, :] <= queries[:, None] + k_len - q_len) & (keys[None, :] < k_len)
+                assert masked or bool(seen.all()), (s, h, i, j)  # a full tile needs no mask
+                assert not bool(attended[queries[:, None], keys[None, :]].any()), (s, h, i, j)  # listed once
+                attended[queries[:, None], keys[None, :]] = seen if masked else True
+        for index, count in ((partial_index, partial_count), (full_index, full_count)):
+            listed = index[h, start : start + int(count[h, row])]
+            assert bool((listed.diff() > 0).all()) and bool((listed < n_kblocks).all())  # ascending, in the grid
+    return attended[:, :k_len]
+
+
+@pytest.mark.parametrize("q_lens, k_lens", [([300, 128, 1, 513], [700, 128, 90, 513]), ([64, 1000], [64, 1000])])
+def test_fa4_varlen_block_lists_imply_the_block_mask_and_causal(q_lens, k_lens):
+    """Decoded as FA4 reads them, the packed lists attend exactly block mask AND bottom-right causal."""
+    from rrattention.kernels.block_lists import varlen_block_lists
+
+    bk, heads = 128, 2
+    g = torch.Generator().manual_seed(sum(k_lens))
+    nbq, nbk = -(-max(q_lens) // bk), -(-max(k_lens) // bk)
+    mask = torch.zeros(len(q_lens), heads, nbq, nbk, dtype=torch.bool)
+    for s, (lq, lk) in enumerate(zip(q_lens, k_lens)):
+        visible = rr.reference.visible_blocks(lq, lk, bk, "cpu")
+        mask[s, :, : visible.shape[0], : visible.shape[1]] = (torch.rand(heads, *visible.shape, generator=g) < 0.6) & visible
+    cu = lambda n: torch.tensor([0, *n]).cumsum(0).to(torch.int32).to(DEVICE)  # noqa: E731
+    lists = varlen_block_lists(mask.to(DEVICE), cu(q_lens), cu(k_lens), block_size=bk)
+    assert lists[4].tolist() == [0, *itertools.accumulate(-(-lq // bk) for lq in q_lens)]  # FA4's cu_total_m_blocks
+    for s, (lq, lk) in enumerate(zip(q_lens, k_lens)):
+        tokens = mask[s].repeat_interleave(bk, 1).repeat_interleave(bk, 2)[:, :lq, :lk]
+        causal = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + lk - lq
+        for h in range(heads):
+            assert torch.equal(_fa4_varlen_token_mask(lists, s, h, lq, lk, bk), tokens[h] & causal), (s, h)
+
+
+def test_fa4_leaves_packed_batches_to_the_triton_kernel_until_a_gpu_has_run_its_varlen_lists():
+    from rrattention.backends import fa4
+
+    packed = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=128, varlen=True)
+    assert fa4.UNRUN_VARLEN in fa4.FA4Backend().limits("attention", packed)
+    assert fa4.UNRUN_VARLEN not in fa4.FA4Backend().limits("attention", dataclasses.replace(packed, varlen=False))
 
 
 def test_fa4_declines_calls_too_small_to_repay_its_host_cost():

@@ -15,6 +15,9 @@ every head-shift policy and selector) on identical inputs:
   an fp32 reference computed on the same mask must be ≤ 2× the error of dense SDPA in the same
   dtype against the fp32 dense reference.
 * every output element is written (outputs are poisoned with NaN first).
+* the packed (varlen) case: our kernel's output per sequence, and FlashAttention-4's on the same
+  selection through its varlen block-sparse lists (``fa4`` backend, ``attend(packed=...)``, wherever
+  it runs the call padded), error ≤ 2× SDPA's, LSE within 1e-2.
 * the whole call (``rr_attention``, planned) selects exactly the mask of the stage-by-stage calls.
 * one plan run over several layers, as a model's forward pass runs it (the second and later
   launches of each kernel go through the plan's cached launchers): every layer's output and mask
@@ -172,7 +175,22 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
     q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
     out, stats = rr.rr_attention_varlen(q, k, v, cu(q_lens), cu(k_lens), max(q_lens), max(k_lens), cfg,
                                         return_stats=True, backend="triton")
-    ok, worst, n_diff, n_bad = True, 0.0, 0, 0
+    # FA4's varlen block-sparse lists on the same selection, wherever FA4 runs this call padded
+    # (dispatch does not give it packed batches until this check has passed on a GPU)
+    fa4 = rr.backends.get("fa4")
+    padded_alike = dataclasses.replace(rr.methods.base.problem_of(q, k, cfg, varlen=True), varlen=False)
+    fa4_declined = fa4.not_supported_reasons("attention", padded_alike)
+    fa4_out = fa4_lse = None
+    if not fa4_declined:
+        try:
+            fa4_out, fa4_lse = fa4.attend(q, k, v, rr.backends.Selection(stats.block_mask), block_size=cfg.block_size,
+                                          scale=d**-0.5, packed=rr.backends.Packed(cu(q_lens), cu(k_lens), max(q_lens),
+                                                                                   max(k_lens)))
+        except Exception as err:  # report and fail the case rather than stop the check
+            report(f"  fa4 varlen failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+            fa4_declined = ["failed"]
+    ok, worst, n_diff, n_bad = fa4_declined != ["failed"], 0.0, 0, 0
+    fa4_ratios, fa4_lse_errs = [], []
     offset = 0
     for s, ((qs, ks, vs), lq, lk) in enumerate(zip(seqs, q_lens, k_lens)):
         scores_ref = rr.estimate_block_scores(qs, ks, cfg, backend="reference")
@@ -181,17 +199,23 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
         mask = stats.block_mask[s : s + 1, :, :rows, :cols]
         d_, b_ = unexplained_mask_differences(mask, mask_ref, scores_ref, cfg, lq, lk)
         n_diff, n_bad = n_diff + d_, n_bad + b_
-        ref_out, _ = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), mask, block_size=cfg.block_size, scale=d**-0.5)
+        ref_out, ref_lse = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), mask, block_size=cfg.block_size, scale=d**-0.5)
         visible = reference.visible_blocks(lq, lk, cfg.block_size, "cuda")[None, None]
         dense_ref, _ = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), visible, block_size=cfg.block_size, scale=d**-0.5)
         err = rel_err(out[offset : offset + lq].transpose(0, 1)[None], ref_out)
         err_sdpa = rel_err(reference.dense_causal_attention(qs, ks, vs, scale=d**-0.5), dense_ref)
         worst = max(worst, err / err_sdpa)
         ok &= err <= 2 * err_sdpa
+        if fa4_out is not None:
+            fa4_ratios.append(rel_err(fa4_out[offset : offset + lq].transpose(0, 1)[None], ref_out) / err_sdpa)
+            fa4_lse_errs.append(float((fa4_lse[:, offset : offset + lq] - ref_lse[0]).abs().max()))
         offset += lq
-    ok &= n_bad == 0
+    # NaN fails both comparisons
+    ok &= n_bad == 0 and all(r <= 2 for r in fa4_ratios) and all(e < 1e-2 for e in fa4_lse_errs)
+    fa4_text = (f"fa4 varlen worst out err / sdpa err {max(fa4_ratios):.2f} lse {max(fa4_lse_errs):.1e}"
+                if fa4_out is not None else f"fa4 varlen declined: {fa4_declined[0][:60]}")
     report(f"{'PASS' if ok else 'FAIL'} {name:<44} mask diff {n_diff} (unexplained {n_bad})  "
-           f"worst out err / sdpa err {worst:.2f}  sparsity {stats.sparsity:.3f}")
+           f"worst out err / sdpa err {worst:.2f}  sparsity {stats.sparsity:.3f}  {fa4_text}")
     return ok
 
 

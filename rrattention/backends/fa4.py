@@ -3,8 +3,10 @@
 The selection becomes FA4's block-sparse lists on the device (:mod:`rrattention.kernels.block_lists`:
 tiles below the causal diagonal full, the others partial, per head, ``pack_gqa=False``) and
 ``flash_attn.cute.flash_attn_func`` runs them with ``causal=True`` (bottom-right for ``Lq < Lk``),
-returning the natural-log LSE. It also runs the calls that spec §6 makes dense (the ``dense`` stage:
-``flash_attn_func`` without block lists, GQA native): 1.09–1.19× cuDNN dense at 16K–128K on the H200
+returning the natural-log LSE; a packed batch's selection becomes FA4's varlen lists for
+``flash_attn_varlen_func`` (``attend(packed=...)``; not dispatched yet, see ``UNRUN_VARLEN``). It
+also runs the calls that spec §6 makes dense (the ``dense`` stage: ``flash_attn_func`` without
+block lists, GQA native): 1.09–1.19× cuDNN dense at 16K–128K on the H200
 (32/8 heads, D=128, ``results/kernels/h200/structured/``). Installed with ``pip install
 rrattention[fa4]``; without it, or where FA4 is wrong or untested, dispatch falls back to the Triton
 kernel (the reference's SDPA for dense calls) and says why.
@@ -28,6 +30,12 @@ MIN_DENSE_FLOPS = causal_flops(1, 9, 32768, 32768, 64)
 # 1.49 ms (d=0.5), and SmolLM2's prefill 1.52x SDPA at 32K without FA4 against 1.41x with it.
 SLOWER_THAN_TRITON_HEAD_DIMS = frozenset({64})
 
+# attend(packed=...) hands FA4 its varlen block-sparse lists (cu_total_m_blocks, cu_block_idx_offsets), which
+# tests/test_kernels.py decodes on CPU as FA4's SM90 kernel reads them; FA4 itself has not yet run them on a
+# GPU here. tools/gpu_check.py's varlen case runs them against the reference; dispatch waits for it to pass.
+UNRUN_VARLEN = ("packed batches: FA4's varlen block-sparse lists are built but FA4 has not yet run them on a GPU "
+                "here (tools/gpu_check.py's varlen case checks them); the Triton kernel runs packed batches")
+
 
 def architecture_reasons(capability: tuple[int, int]) -> list[str]:
     """Why FA4's block-sparse forward is not used on a GPU of this compute capability."""
@@ -49,7 +57,7 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
     devices = frozenset({"cuda"})
     dtypes = frozenset({torch.float16, torch.bfloat16})
     block_sizes = frozenset({128})
-    varlen = False  # FA4's varlen block-sparse layout (cu_total_m_blocks) is not wired here
+    varlen = True  # attend(packed=...); dispatch declines it for now (UNRUN_VARLEN)
     requires = ("flash_attn.cute", "cutlass")
     head_dims = frozenset({64, 128})  # SM90 tiles of 192 and 256 do not match 128-token KV blocks
 
@@ -61,6 +69,8 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
         if stage == "attention" and problem.head_dim in SLOWER_THAN_TRITON_HEAD_DIMS:
             reasons.append(f"head dim {problem.head_dim}: the Triton kernel's 64-row tiles measured faster on the "
                            "H200 (results/kernels/h200/model-masks/)")
+        if stage == "attention" and problem.varlen:
+            reasons.append(UNRUN_VARLEN)
         if problem.dense_flops is not None and problem.dense_flops < MIN_DENSE_FLOPS:
             reasons.append(f"{problem.dense_flops:.2g} dense FLOPs per call are below FA4's measured break-even "
                            f"({MIN_DENSE_FLOPS:.2g}): its host launch cost outweighs its faster kernel")
@@ -70,11 +80,22 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
 
     def attend(self, q, k, v, selection: Selection, *, block_size: int, scale: float, packed: Packed | None = None,
                out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute import flash_attn_func, flash_attn_varlen_func
         from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
-        from ..kernels.block_lists import block_lists
+        from ..kernels.block_lists import block_lists, varlen_block_lists
 
+        if packed is not None:  # q [Tq, Hq, D], k, v [Tk, Hkv, D]: FA4's own varlen layout
+            partial_count, partial_index, full_count, full_index, cu_rows, cu_lists = varlen_block_lists(
+                selection.block_mask, packed.cu_seqlens_q, packed.cu_seqlens_k, block_size=block_size,
+                launches=self.launches)
+            lists = BlockSparseTensorsTorch(partial_count, partial_index, full_count, full_index, cu_rows, cu_lists,
+                                            block_size=(block_size, block_size))
+            result, lse = flash_attn_varlen_func(q, k, v, cu_seqlens_q=packed.cu_seqlens_q,
+                                                 cu_seqlens_k=packed.cu_seqlens_k, max_seqlen_q=packed.max_seqlen_q,
+                                                 max_seqlen_k=packed.max_seqlen_k, softmax_scale=scale, causal=True,
+                                                 pack_gqa=False, block_sparse_tensors=lists, return_lse=True)
+            return (result, lse) if out is None else (out.copy_(result), lse)  # lse [Hq, Tq]
         partial_count, partial_index, full_count, full_index = block_lists(
             selection.block_mask, q_len=q.shape[2], k_len=k.shape[2], block_size=block_size, launches=self.launches)
         lists = BlockSparseTensorsTorch(partial_count, partial_index, full_count, full_index,
