@@ -148,10 +148,12 @@ class AttentionPlan:
                    for qa, qb, ka, kb in self.packed.spans)
 
     def problem(self, cfg: AttentionConfig, varlen: bool = False) -> Problem:
-        flops = None if varlen else backends.causal_flops(self.batch, self.q_heads, self.q_len, self.k_len, self.head_dim)
+        """``varlen``: the packed batch as one call (its sequences' summed work, where known on the host)."""
+        flops = self._layout_flops() if varlen else backends.causal_flops(self.batch, self.q_heads, self.q_len,
+                                                                            self.k_len, self.head_dim)
         return Problem(device=self.device, block_size=cfg.block_size, dtype=self.dtype, head_dim=self.head_dim,
                        stride=getattr(cfg, "stride", None), group=self.q_heads // self.kv_heads, varlen=varlen,
-                       dense_flops=flops)
+                       dense_flops=None if flops == float("inf") else flops)
 
     def dense_reason(self, layer: int | None) -> str | None:
         """Why spec §6 runs ``layer``'s calls dense, or None (sparse; a packed layout decides per

@@ -190,3 +190,16 @@ def test_the_hook_runs_unmasked_dense_calls_through_the_plans_dense_backend(reco
         assert recording_dense.calls == 4
         torch.testing.assert_close(got_padded[1], want_padded[1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got_padded[0, 10:], want_padded[0, 10:], atol=1e-5, rtol=1e-5)
+
+
+def test_a_packed_plan_weighs_its_batch_as_one_call_of_its_sequences_summed_work():
+    """FA4's break-even compares a call's dense work; a packed batch runs as one call."""
+    spans = ((0, 1000, 0, 3000), (1000, 5096, 3000, 7096))
+    cu_q, cu_k = torch.tensor([0, 1000, 5096], dtype=torch.int32), torch.tensor([0, 3000, 7096], dtype=torch.int32)
+    kw = dict(q_heads=8, kv_heads=2, head_dim=128, dtype=torch.bfloat16, device=torch.device("cpu"), scale=0.1)
+    cfg = rr.RRConfig()
+    known = rr.AttentionPlan(cfg, packed=rr.backends.Packed(cu_q, cu_k, 4096, 4096, spans), **kw)
+    want = rr.backends.causal_flops(1, 8, 1000, 3000, 128) + rr.backends.causal_flops(1, 8, 4096, 4096, 128)
+    assert known.problem(cfg, varlen=True).dense_flops == want
+    unread = rr.AttentionPlan(cfg, packed=rr.backends.Packed(cu_q, cu_k, 4096, 4096), **kw)
+    assert unread.problem(cfg, varlen=True).dense_flops is None  # offsets not read back: unknown, not guessed
