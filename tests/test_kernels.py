@@ -505,6 +505,11 @@ def test_fa4_leaves_packed_batches_to_the_triton_kernel_until_a_gpu_has_run_its_
     packed = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=128, varlen=True)
     assert fa4.UNRUN_VARLEN in fa4.FA4Backend().limits("attention", packed)
     assert fa4.UNRUN_VARLEN not in fa4.FA4Backend().limits("attention", dataclasses.replace(packed, varlen=False))
+    # a preference, not a limit: tools/gpu_check.py checks FA4's varlen results where only preferences decline it
+    assert fa4.FA4Backend.preference_reasons("attention", packed) == [fa4.UNRUN_VARLEN]
+    wide = dataclasses.replace(packed, head_dim=256)
+    assert any("head dim 256" in r for r in fa4.FA4Backend().limits("attention", wide))
+    assert fa4.FA4Backend.preference_reasons("attention", wide) == [fa4.UNRUN_VARLEN]
 
 
 def test_fa4_declines_calls_too_small_to_repay_its_host_cost():

@@ -16,8 +16,9 @@ every head-shift policy and selector) on identical inputs:
   dtype against the fp32 dense reference.
 * every output element is written (outputs are poisoned with NaN first).
 * the packed (varlen) case: our kernel's output per sequence, and FlashAttention-4's on the same
-  selection through its varlen block-sparse lists (``fa4`` backend, ``attend(packed=...)``, wherever
-  it runs the call padded), error ≤ 2× SDPA's, LSE within 1e-2.
+  selection through its varlen block-sparse lists (``fa4`` backend, ``attend(packed=...)``), error
+  ≤ 2× SDPA's, LSE within 1e-2. FA4 is checked wherever it can run a call, also where dispatch passes
+  it over (``FA4Backend.preference_reasons``: slower there, or not yet run on a GPU).
 * the whole call (``rr_attention``, planned) selects exactly the mask of the stage-by-stage calls.
 * one plan run over several layers, as a model's forward pass runs it (the second and later
   launches of each kernel go through the plan's cached launchers): every layer's output and mask
@@ -109,6 +110,12 @@ def unexplained_mask_differences(got: torch.Tensor, want: torch.Tensor, scores: 
     return n_diff, int((diff & ~(margin | near_tie)).sum())
 
 
+def fa4_cannot(fa4, stage, problem) -> list[str]:
+    """Why FA4 cannot run the call at all (dispatch's preferences aside: those calls are checked too)."""
+    preferences = fa4.preference_reasons(stage, problem)
+    return [reason for reason in fa4.not_supported_reasons(stage, problem) if reason not in preferences]
+
+
 def check_case(name, q, k, v, cfg, report, flex=True) -> bool:
     q_len, k_len = q.shape[2], k.shape[2]
     scale = q.shape[-1] ** -0.5
@@ -140,8 +147,8 @@ def check_case(name, q, k, v, cfg, report, flex=True) -> bool:
     # FlashAttention-4's block-sparse forward on the same mask, where the fa4 backend accepts the call
     fa4 = rr.backends.get("fa4")
     problem = rr.methods.base.problem_of(q, k, cfg)
-    # correctness wherever FA4 can run the call; dispatch also weighs its host cost (dense_flops)
-    fa4_declined = fa4.not_supported_reasons("attention", dataclasses.replace(problem, dense_flops=None))
+    # correctness wherever FA4 can run the call; dispatch also weighs its speed (preference_reasons)
+    fa4_declined = fa4_cannot(fa4, "attention", problem)
     fa4_chosen = not fa4.not_supported_reasons("attention", problem)
     err_fa4 = err_fa4_lse = 0.0
     if not fa4_declined:
@@ -175,11 +182,10 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
     q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
     out, stats = rr.rr_attention_varlen(q, k, v, cu(q_lens), cu(k_lens), max(q_lens), max(k_lens), cfg,
                                         return_stats=True, backend="triton")
-    # FA4's varlen block-sparse lists on the same selection, wherever FA4 runs this call padded
-    # (dispatch does not give it packed batches until this check has passed on a GPU)
+    # FA4's varlen block-sparse lists on the same selection (dispatch does not give it packed batches
+    # until this check has passed on a GPU)
     fa4 = rr.backends.get("fa4")
-    padded_alike = dataclasses.replace(rr.methods.base.problem_of(q, k, cfg, varlen=True), varlen=False)
-    fa4_declined = fa4.not_supported_reasons("attention", padded_alike)
+    fa4_declined = fa4_cannot(fa4, "attention", rr.methods.base.problem_of(q, k, cfg, varlen=True))
     fa4_out = fa4_lse = None
     if not fa4_declined:
         try:

@@ -66,6 +66,16 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
         if problem.head_dim is not None and problem.head_dim not in self.head_dims:
             reasons.append(f"head dim {problem.head_dim} not in {sorted(self.head_dims)} (FA4's SM90 tile must "
                            "match 128-token key blocks; dense calls: the head dims verified here)")
+        if problem.device.type == "cuda" and torch.cuda.is_available():
+            reasons += architecture_reasons(torch.cuda.get_device_capability(problem.device))
+        return reasons + self.preference_reasons(stage, problem)
+
+    @staticmethod
+    def preference_reasons(stage: str, problem: Problem) -> list[str]:
+        """Why dispatch passes FA4 over for a call it can run: slower there than the Triton kernel, or
+        a layout FA4 has not yet run on a GPU here. ``tools/gpu_check.py`` checks FA4's results wherever
+        these are the only reasons."""
+        reasons = []
         if stage == "attention" and problem.head_dim in SLOWER_THAN_TRITON_HEAD_DIMS:
             reasons.append(f"head dim {problem.head_dim}: the Triton kernel's 64-row tiles measured faster on the "
                            "H200 (results/kernels/h200/model-masks/)")
@@ -74,8 +84,6 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
         if problem.dense_flops is not None and problem.dense_flops < MIN_DENSE_FLOPS:
             reasons.append(f"{problem.dense_flops:.2g} dense FLOPs per call are below FA4's measured break-even "
                            f"({MIN_DENSE_FLOPS:.2g}): its host launch cost outweighs its faster kernel")
-        if problem.device.type == "cuda" and torch.cuda.is_available():
-            reasons += architecture_reasons(torch.cuda.get_device_capability(problem.device))
         return reasons
 
     def attend(self, q, k, v, selection: Selection, *, block_size: int, scale: float, packed: Packed | None = None,
