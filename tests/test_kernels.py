@@ -497,6 +497,14 @@ def test_fa4_varlen_block_lists_imply_the_block_mask_and_causal(q_lens, k_lens):
         causal = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + lk - lq
         for h in range(heads):
             assert torch.equal(_fa4_varlen_token_mask(lists, s, h, lq, lk, bk), tokens[h] & causal), (s, h)
+    # a mask broadcast over heads (stride 0, as FA4Backend.attend expands a shared one) reads like its copy
+    shared = mask[:, :1].expand(-1, heads, -1, -1)
+    got, want = (varlen_block_lists(m.to(DEVICE), cu(q_lens), cu(k_lens), block_size=bk)
+                 for m in (shared, shared.contiguous()))
+    for s, lq in enumerate(q_lens):
+        for h in range(heads):
+            assert torch.equal(_fa4_varlen_token_mask(got, s, h, lq, k_lens[s], bk),
+                               _fa4_varlen_token_mask(want, s, h, lq, k_lens[s], bk))
 
 
 def test_fa4_leaves_packed_batches_to_the_triton_kernel_until_a_gpu_has_run_its_varlen_lists():

@@ -94,9 +94,10 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
         from ..kernels.block_lists import block_lists, varlen_block_lists
 
         if packed is not None:  # q [Tq, Hq, D], k, v [Tk, Hkv, D]: FA4's own varlen layout
+            # a mask shared across sequences or heads gets one list per (sequence, head), as FA4 reads them
+            mask = selection.block_mask.expand(packed.cu_seqlens_q.numel() - 1, q.shape[1], -1, -1)
             partial_count, partial_index, full_count, full_index, cu_rows, cu_lists = varlen_block_lists(
-                selection.block_mask, packed.cu_seqlens_q, packed.cu_seqlens_k, block_size=block_size,
-                launches=self.launches)
+                mask, packed.cu_seqlens_q, packed.cu_seqlens_k, block_size=block_size, launches=self.launches)
             lists = BlockSparseTensorsTorch(partial_count, partial_index, full_count, full_index, cu_rows, cu_lists,
                                             block_size=(block_size, block_size))
             result, lse = flash_attn_varlen_func(q, k, v, cu_seqlens_q=packed.cu_seqlens_q,
