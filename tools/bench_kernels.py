@@ -14,7 +14,9 @@ block, always holding the sink and diagonal blocks, and identical for FlexAttent
 heads). ``--layout tokens`` keeps q, k, v in a framework's ``[B, L, H, D]`` memory.
 ``--variants`` times launch-config variants of our kernel on the same masks, and
 ``--compare-attention`` another version of the kernel; for both, the largest difference of their
-outputs from the default kernel's is recorded.
+outputs from the default kernel's is recorded. ``--packed N`` times the attention stage alone on a
+packed (varlen) batch instead: each length split into N ragged sequences, our kernel against FA4's
+varlen block-sparse lists on the same random masks (``bench_packed.csv``, ``bench_packed.md``).
 """
 
 from __future__ import annotations
@@ -90,6 +92,82 @@ def make_qkv(hq: int, hkv: int, length: int, d: int, layout: str, structured: bo
     if layout == "tokens":
         q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     return q, k, v
+
+
+def packed_lengths(total: int, n: int, block: int) -> list[int]:
+    """``total`` tokens as ``n`` ragged sequences: halving shares (1/2, 1/4, ...; the last takes the
+    rest), each off a block boundary by a few tokens so that partial blocks occur."""
+    lengths = [max(1, total >> (i + 1)) - (i * 37) % block for i in range(n - 1)]
+    return [*lengths, total - sum(lengths)]
+
+
+def bench_packed(args) -> None:
+    """The attention stage on packed batches: Triton against FA4's varlen lists, per computed block
+    against cuDNN dense over the same sequences one by one."""
+    import pandas as pd
+    from gpu_check import fa4_cannot
+
+    hq, hkv, d, block = args.q_heads, args.kv_heads, args.head_dim, args.block
+    scale = d**-0.5
+    triton_backend, fa4 = rr.backends.get("triton"), rr.backends.get("fa4")
+    records = []
+    for total in [int(x) for x in args.lengths.split(",")]:
+        lens = packed_lengths(total, args.packed, block)
+        cu = torch.tensor([0, *lens], device="cuda").cumsum(0).to(torch.int32)
+        q = torch.randn(total, hq, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(total, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        packed = rr.backends.Packed(cu, cu, max(lens), max(lens))
+        spans = packed.host_spans()
+        cudnn = 0.0
+        for start, end, _, _ in spans:
+            qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
+            ks, vs = ks.repeat_interleave(hq // hkv, 1), vs.repeat_interleave(hq // hkv, 1)
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                cudnn += bench(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True))
+        nb = cdiv(max(lens), block)
+        row = {"L": total, "lengths": "/".join(map(str, lens)), "sdpa_cudnn_sum_ms": cudnn}
+        # timed wherever FA4 can run the call, also where dispatch passes it over (its preferences)
+        fa4_ok = not fa4_cannot(fa4, "attention", rr.methods.base.problem_of(q, k, rr.RRConfig(block_size=block),
+                                                                           varlen=True))
+        for density in (float(x) for x in args.densities.split(",")):
+            mask = torch.zeros(len(lens), hq, nb, nb, dtype=torch.bool, device="cuda")
+            visible = 0
+            for s, n in enumerate(lens):
+                m = random_mask(hq, n, block, density, seed=total + s)[0]
+                mask[s, :, : m.shape[-2], : m.shape[-1]] = m
+                visible += int(visible_blocks(n, n, block, "cuda").sum()) * hq
+            actual = float(mask.sum()) / visible
+            # the select stage hands the Triton kernel its compact lists; FA4 builds its own in attend
+            selection = rr.backends.Selection(mask, *rr.reference.to_kv_index(mask))
+            label = f"d{density:g}"
+            row[f"{label}_density"] = actual
+            kernels = {"ours": lambda: triton_backend.attend(q, k, v, selection, block_size=block, scale=scale,
+                                                             packed=packed)}
+            if fa4_ok:
+                kernels["fa4"] = lambda: fa4.attend(q, k, v, selection, block_size=block, scale=scale, packed=packed)
+            outs = {name: fn()[0] for name, fn in kernels.items()}
+            for name, fn in kernels.items():
+                t = bench(fn)
+                row[f"{name}_{label}_ms"] = t
+                row[f"{name}_{label}_vs_cudnn"] = cudnn * actual / t
+            if fa4_ok:
+                row[f"fa4_{label}_max_abs_diff"] = float((outs["fa4"].float() - outs["ours"].float()).abs().max())
+        records.append(row)
+        print(row, flush=True)
+        torch.cuda.empty_cache()
+    df = pd.DataFrame(records)
+    props = torch.cuda.get_device_properties(0)
+    provenance = (f"GPU: {props.name}; torch {torch.__version__}; triton {triton.__version__}; "
+                  f"date {datetime.date.today()}; command: python {' '.join(map(shlex.quote, sys.argv))}; "
+                  f"packed batches of {args.packed} sequences, Hq={hq}, Hkv={hkv}, D={d}, bf16, causal, block {block}, "
+                  "random masks; cuDNN: dense over each sequence, times summed")
+    print(df.to_string(index=False))
+    print(provenance)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out / "bench_packed.csv", index=False)
+        (args.out / "bench_packed.md").write_text(f"# Packed attention benchmark\n\n{provenance}\n\n"
+                                                  + df.to_markdown(index=False, floatfmt=".3f") + "\n")
 
 
 def sweep(length, hq, hkv, d, block, stride, kernels, layout, precision="exact", tma=None) -> None:
@@ -170,9 +248,14 @@ def main() -> None:
                          '"heads_first": {"HEADS_FIRST": true}}\' ("tma" is the kernel\'s argument, the rest its config)')
     ap.add_argument("--compare-attention", default="", metavar="MODULE",
                     help="also time MODULE's block_sparse_attention (another version of the kernel) on the same masks")
+    ap.add_argument("--packed", type=int, default=0, metavar="N",
+                    help="only time the attention stage on packed batches of N ragged sequences (ours and FA4) and exit")
     args = ap.parse_args()
     import pandas as pd
 
+    if args.packed:
+        bench_packed(args)
+        return
     if args.select:
         q = torch.randn(1, args.q_heads, args.select, args.head_dim, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, args.kv_heads, args.select, args.head_dim, device="cuda", dtype=torch.bfloat16)
@@ -290,7 +373,8 @@ def main() -> None:
                 kernels[f"ours_{name}"] = functools.partial(kernels["ours"], tma=settings.pop("tma", None),
                                                             config=settings)
             if fa4_ok:
-                selection = rr.backends.Selection(mask)
+                # the select stage hands the Triton kernel its compact lists; FA4 builds its own in attend
+            selection = rr.backends.Selection(mask, *rr.reference.to_kv_index(mask))
                 kernels["fa4"] = lambda: fa4.attend(q, k, v, selection, block_size=block, scale=scale)
             if not args.no_flex:
                 kernels["flex"] = lambda: flex_sparse(q, k, v, mask, block_size=block, scale=scale)

@@ -398,6 +398,11 @@ def main() -> int:
         # min_sparse_len=0: the masks are compared with plain §4 selection, without the dense policy of §6
         ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA4 bf16", *lens, 8, 2, 128, torch.bfloat16,
                            C(tau=0.9, min_sparse_len=0), report)
+    # a one-token sequence, queries fewer than keys, FA4's other head dim, fp16
+    lens = ([1, 130, 300], [1, 210, 300]) if args.small else ([1, 1300, 3000], [1, 2100, 3000])
+    if wanted("varlen"):
+        ok &= check_varlen(f"varlen {lens[0]}/{lens[1]} GQA3 D64 fp16", *lens, 6, 2, 64, torch.float16,
+                           C(tau=0.9, min_sparse_len=0), report)
     report("ALL PASS" if ok else "SOME CASES FAILED")
     return 0 if ok else 1
 
