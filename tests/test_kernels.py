@@ -66,7 +66,12 @@ def test_exact_estimator_scales_16_bit_rows_into_fp16s_range(dtype, q_scale, k_s
     mean is scaled by a power of two first, so magnitudes that fp16 cannot hold score like fp32."""
     q, k, _ = make_qkv(1, 4, 2, 300, 300, 32, seed=11, device=DEVICE)
     q, k = q * q_scale, k * k_scale
-    q[..., 5, :] *= 2.0**-40  # a row whose values lie far below the others'
+    # rows that heads 1-3 sample (offsets 1-3 of the 4 heads' round robin): one far below the
+    # others, one zero, one so small that its scale 2^−e_r times the logit scale is below fp32's
+    # normal range (zero in fp16)
+    q[..., 19, :] *= 2.0**-40
+    q[..., 9, :] = 0.0
+    q[..., 18, :] = q[..., 18, :].sign() * 2.0**-118
     k[..., 16:24, :] *= 2.0**-40  # and a whole stride of keys
     q, k = q.to(dtype), k.to(dtype)
     cfg = rr.RRConfig(stride=8, block_size=64, exact_stride_causal=True)
@@ -74,6 +79,7 @@ def test_exact_estimator_scales_16_bit_rows_into_fp16s_range(dtype, q_scale, k_s
     assert bool(torch.isfinite(q).all() and torch.isfinite(k).all())
     got = estimate_kernel(q, k, stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5,
                           exact_stride_causal=True, config=_estimate_config())
+    assert not bool(got.isnan().any())
     torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
 
 

@@ -134,15 +134,15 @@ def _stride_means_kernel(
 
 @triton.jit
 def _tile_logits(q, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok,
-                 last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows, row_ok, t, q_start, q_len, k_rows,
+                 last_stride, z_diag, n_unmasked, q_rows, row_ok, t, q_start, q_len, k_rows,
                  k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr,
                  SPLITS: tl.constexpr, EXACT: tl.constexpr, ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  TMA: tl.constexpr):
     """Logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible: ``q · K̄ᵀ`` (RR),
-    or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention). With ``SPLITS=2``
-    they are scaled (base 2): ``q`` holds the fp16 rows scaled by ``2^e_r``, ``row_scale`` is
-    ``qk_scale · 2^−e_r`` and the means' own ``2^−e_n`` are read from ``InvScale``. With
-    ``SPLITS=1`` they are left unscaled: the caller's exponent applies ``qk_scale``. With ``TMA`` the
+    or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention), without the logit scale,
+    which the caller's exponent applies. With ``SPLITS=2`` ``q`` holds the fp16 rows scaled by
+    ``2^e_r``: the means' own ``2^−e_n`` are read from ``InvScale`` and undone here, the rows'
+    ``2^e_r`` is left in (``z_diag`` carries it too) for the exponent's row scale. With ``TMA`` the
     means come through descriptors over their ``[rows, D]`` view, one row per stride, whose rows
     past ``n_key_strides`` are the next head's or zeros: only the last tile reaches them, and the
     causal mask sets them to ``−inf``."""
@@ -173,11 +173,10 @@ def _tile_logits(q, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, str
             # accumulating in the product (not ``z += dot``) keeps one accumulator tile in registers
             z = tl.dot(q, tl.trans(lo), z, input_precision=DOT_PRECISION)
             inverse = tl.load(InvScale + scale_base + offs_n, mask=offs_n < n_key_strides, other=1.0)
-            z = z * (row_scale[:, None] * inverse[None, :])  # both powers of two first: no overflow of z
+            z = z * inverse[None, :]  # a power of two: exact, and |z| ≤ 2^15 · |K̄| · D cannot overflow
     if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
         if EXACT:
-            diagonal = z_diag * qk_scale if SPLITS == 2 else z_diag
-            z = tl.where(offs_n[None, :] == last_stride[:, None], diagonal[:, None], z)
+            z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None], z)
         z = tl.where(offs_n[None, :] <= last_stride[:, None], z, float("-inf"))
     return z
 
@@ -261,12 +260,16 @@ def _estimate_kernel(
                 q32 = q.to(tl.float32)
                 q_factor, q_inverse = _unit_scale(tl.max(tl.abs(q32), 1))
                 q_dot = (q32 * q_factor[:, None]).to(Hi.dtype.element_ty)
-                row_scale = q_inverse * qk_scale
+                z_diag = z_diag * q_factor  # in the units of the tiles' logits
+                # At least fp32's smallest normal: a zero or tiny row's qk_scale · 2^−e_r is
+                # subnormal, and −inf times a flushed zero would be NaN. Such a row's logits are
+                # below 2^−80, so their exponentials are 1 at either scale.
+                row_scale = tl.maximum(q_inverse * qk_scale, 1.1754943508222875e-38)
             else:
                 q_dot = q
-                row_scale = tl.full([ROWS], qk_scale, tl.float32)
             n_end = tl.max(last_stride) + 1
-            logit_scale = qk_scale if SPLITS == 1 else 1.0
+            logit_scale = row_scale if SPLITS == 2 else qk_scale  # per row, or one for all rows
+            logit_scale_2d = row_scale[:, None] if SPLITS == 2 else qk_scale
 
             # Stage 2 in one pass over the visible key strides (base 2): each tile's probabilities,
             # relative to the rows' running max, summed over the keys of each Bk block into the slot's
@@ -277,17 +280,15 @@ def _estimate_kernel(
             l_i = tl.zeros([ROWS], tl.float32)
             for n0 in range(0, n_end, BLOCK_N):
                 z = _tile_logits(q_dot, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, stride_mn, n0,
-                                 n_key_strides, d_ok, last_stride, z_diag, n_unmasked, qk_scale, row_scale, q_rows,
-                                 row_ok, t, q_start, q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d,
-                                 BLOCK_N, STRIDE, SPLITS, EXACT, ANTIDIAGONAL, DOT_PRECISION, TMA)
-                # One term: the max of the unscaled logits, scaled, is the max of the scaled ones
-                # (qk_scale > 0), and the scale rides in the exponent's FFMA, one multiply per logit
-                # fewer. Two terms keep their scaling in _tile_logits, before the causal −inf: a
-                # zero or tiny row's factor qk_scale · 2^−e_r is subnormal, and −inf times a
-                # flushed zero would be NaN.
+                                 n_key_strides, d_ok, last_stride, z_diag, n_unmasked, q_rows, row_ok, t, q_start,
+                                 q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS,
+                                 EXACT, ANTIDIAGONAL, DOT_PRECISION, TMA)
+                # The max of the unscaled logits, scaled, is the max of the scaled ones (the scale
+                # is positive), and the scale rides in the exponent's FFMA, one multiply per logit
+                # fewer.
                 m_new = tl.maximum(m_i, tl.max(z, 1) * logit_scale)
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                partial = tl.sum(tl.reshape(tl.exp2(z * logit_scale - m_safe[:, None]), [ROWS, TILE_BLOCKS, R]),
+                partial = tl.sum(tl.reshape(tl.exp2(z * logit_scale_2d - m_safe[:, None]), [ROWS, TILE_BLOCKS, R]),
                                  axis=2)
                 l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(partial, 1)
                 m_i = m_new
