@@ -374,7 +374,7 @@ def main() -> None:
                                                             config=settings)
             if fa4_ok:
                 # the select stage hands the Triton kernel its compact lists; FA4 builds its own in attend
-            selection = rr.backends.Selection(mask, *rr.reference.to_kv_index(mask))
+                selection = rr.backends.Selection(mask, *rr.reference.to_kv_index(mask))
                 kernels["fa4"] = lambda: fa4.attend(q, k, v, selection, block_size=block, scale=scale)
             if not args.no_flex:
                 kernels["flex"] = lambda: flex_sparse(q, k, v, mask, block_size=block, scale=scale)

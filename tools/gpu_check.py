@@ -182,8 +182,8 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
     q, k, v = (pack([s[i] for s in seqs]) for i in range(3))
     out, stats = rr.rr_attention_varlen(q, k, v, cu(q_lens), cu(k_lens), max(q_lens), max(k_lens), cfg,
                                         return_stats=True, backend="triton")
-    # FA4's varlen block-sparse lists on the same selection (dispatch does not give it packed batches
-    # until this check has passed on a GPU)
+    # FA4's varlen block-sparse lists on the same selection, called directly: D=64 too, where dispatch
+    # prefers the Triton kernel
     fa4 = rr.backends.get("fa4")
     fa4_declined = fa4_cannot(fa4, "attention", rr.methods.base.problem_of(q, k, cfg, varlen=True))
     fa4_out = fa4_lse = None
@@ -209,7 +209,10 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
         visible = reference.visible_blocks(lq, lk, cfg.block_size, "cuda")[None, None]
         dense_ref, _ = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), visible, block_size=cfg.block_size, scale=d**-0.5)
         err = rel_err(out[offset : offset + lq].transpose(0, 1)[None], ref_out)
-        err_sdpa = rel_err(reference.dense_causal_attention(qs, ks, vs, scale=d**-0.5), dense_ref)
+        # at least the rounding of the output to its dtype: a one-token sequence's output is its
+        # value row, which SDPA returns exactly
+        err_sdpa = max(rel_err(reference.dense_causal_attention(qs, ks, vs, scale=d**-0.5), dense_ref),
+                       torch.finfo(dtype).eps / 2)
         worst = max(worst, err / err_sdpa)
         ok &= err <= 2 * err_sdpa
         if fa4_out is not None:
