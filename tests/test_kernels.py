@@ -396,8 +396,7 @@ def test_dispatch_reports_why_backends_decline():
     assert any("block_size 96 not in [64, 128]" in r for r in reasons["triton"])
     assert any("head dim 512 outside [16, 256]" in r for r in reasons["triton"])
     assert any("no packed variable-length layout" in r for r in reasons["flex"])
-    for why in ("block_size 96 not in [128]", "head dim 512 not in [64, 128]", "FA4 has not yet run them on a GPU",
-                "runs on cuda tensors, got cpu"):
+    for why in ("block_size 96 not in [128]", "head dim 512 not in [64, 128]", "runs on cuda tensors, got cpu"):
         assert any(why in r for r in reasons["fa4"]), (why, reasons["fa4"])
     if not backends.base.importable("flash_attn.cute"):
         assert any("needs the package(s) flash_attn.cute, cutlass" in r for r in reasons["fa4"])
@@ -513,17 +512,18 @@ def test_fa4_varlen_block_lists_imply_the_block_mask_and_causal(q_lens, k_lens):
                                _fa4_varlen_token_mask(want, s, h, lq, k_lens[s], bk))
 
 
-def test_fa4_leaves_packed_batches_to_the_triton_kernel_until_a_gpu_has_run_its_varlen_lists():
+def test_fa4_takes_packed_batches_under_the_limits_of_padded_ones():
     from rrattention.backends import fa4
 
     packed = backends.Problem(torch.device("cuda"), 128, torch.bfloat16, head_dim=128, varlen=True)
-    assert fa4.UNRUN_VARLEN in fa4.FA4Backend().limits("attention", packed)
-    assert fa4.UNRUN_VARLEN not in fa4.FA4Backend().limits("attention", dataclasses.replace(packed, varlen=False))
-    # a preference, not a limit: tools/gpu_check.py checks FA4's varlen results where only preferences decline it
-    assert fa4.FA4Backend.preference_reasons("attention", packed) == [fa4.UNRUN_VARLEN]
+    padded = dataclasses.replace(packed, varlen=False)
+    assert fa4.FA4Backend.preference_reasons("attention", packed) == []
+    assert fa4.FA4Backend().limits("attention", packed) == fa4.FA4Backend().limits("attention", padded)
     wide = dataclasses.replace(packed, head_dim=256)
     assert any("head dim 256" in r for r in fa4.FA4Backend().limits("attention", wide))
-    assert fa4.FA4Backend.preference_reasons("attention", wide) == [fa4.UNRUN_VARLEN]
+    # D=64's preference for the Triton kernel holds for packed batches too
+    narrow = dataclasses.replace(packed, head_dim=64)
+    assert any("head dim 64" in r for r in fa4.FA4Backend.preference_reasons("attention", narrow))
 
 
 def test_fa4_declines_calls_too_small_to_repay_its_host_cost():

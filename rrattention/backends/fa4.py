@@ -4,7 +4,7 @@ The selection becomes FA4's block-sparse lists on the device (:mod:`rrattention.
 tiles below the causal diagonal full, the others partial, per head, ``pack_gqa=False``) and
 ``flash_attn.cute.flash_attn_func`` runs them with ``causal=True`` (bottom-right for ``Lq < Lk``),
 returning the natural-log LSE; a packed batch's selection becomes FA4's varlen lists for
-``flash_attn_varlen_func`` (``attend(packed=...)``; not dispatched yet, see ``UNRUN_VARLEN``). It
+``flash_attn_varlen_func`` (``attend(packed=...)``). It
 also runs the calls that spec §6 makes dense (the ``dense`` stage: ``flash_attn_func`` without
 block lists, GQA native): 1.09–1.19× cuDNN dense at 16K–128K on the H200
 (32/8 heads, D=128, ``results/kernels/h200/structured/``). Installed with ``pip install
@@ -31,10 +31,9 @@ MIN_DENSE_FLOPS = causal_flops(1, 9, 32768, 32768, 64)
 SLOWER_THAN_TRITON_HEAD_DIMS = frozenset({64})
 
 # attend(packed=...) hands FA4 its varlen block-sparse lists (cu_total_m_blocks, cu_block_idx_offsets), which
-# tests/test_kernels.py decodes on CPU as FA4's SM90 kernel reads them; FA4 itself has not yet run them on a
-# GPU here. tools/gpu_check.py's varlen case runs them against the reference; dispatch waits for it to pass.
-UNRUN_VARLEN = ("packed batches: FA4's varlen block-sparse lists are built but FA4 has not yet run them on a GPU "
-                "here (tools/gpu_check.py's varlen case checks them); the Triton kernel runs packed batches")
+# tests/test_kernels.py decodes on CPU as FA4's SM90 kernel reads them; on the H100, tools/gpu_check.py's two
+# varlen cases (ragged, a one-token sequence, Lq < Lk, D=64 and 128, GQA 3 and 4) matched the reference
+# (results/kernels/h100/fa4-varlen/).
 
 
 def architecture_reasons(capability: tuple[int, int]) -> list[str]:
@@ -57,7 +56,7 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
     devices = frozenset({"cuda"})
     dtypes = frozenset({torch.float16, torch.bfloat16})
     block_sizes = frozenset({128})
-    varlen = True  # attend(packed=...); dispatch declines it for now (UNRUN_VARLEN)
+    varlen = True  # attend(packed=...)
     requires = ("flash_attn.cute", "cutlass")
     head_dims = frozenset({64, 128})  # SM90 tiles of 192 and 256 do not match 128-token KV blocks
 
@@ -72,15 +71,12 @@ class FA4Backend(KernelBackend):  # its block lists are a Triton kernel
 
     @staticmethod
     def preference_reasons(stage: str, problem: Problem) -> list[str]:
-        """Why dispatch passes FA4 over for a call it can run: slower there than the Triton kernel, or
-        a layout FA4 has not yet run on a GPU here. ``tools/gpu_check.py`` checks FA4's results wherever
-        these are the only reasons."""
+        """Why dispatch passes FA4 over for a call it can run: slower there than the Triton kernel.
+        ``tools/gpu_check.py`` checks FA4's results wherever these are the only reasons."""
         reasons = []
         if stage == "attention" and problem.head_dim in SLOWER_THAN_TRITON_HEAD_DIMS:
             reasons.append(f"head dim {problem.head_dim}: the Triton kernel's 64-row tiles measured faster on the "
                            "H200 (results/kernels/h200/model-masks/)")
-        if stage == "attention" and problem.varlen:
-            reasons.append(UNRUN_VARLEN)
         if problem.dense_flops is not None and problem.dense_flops < MIN_DENSE_FLOPS:
             reasons.append(f"{problem.dense_flops:.2g} dense FLOPs per call are below FA4's measured break-even "
                            f"({MIN_DENSE_FLOPS:.2g}): its host launch cost outweighs its faster kernel")
