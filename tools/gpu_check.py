@@ -209,8 +209,8 @@ def check_varlen(name, q_lens, k_lens, hq, hkv, d, dtype, cfg, report) -> bool:
         visible = reference.visible_blocks(lq, lk, cfg.block_size, "cuda")[None, None]
         dense_ref, _ = reference.block_sparse_attention(qs.float(), ks.float(), vs.float(), visible, block_size=cfg.block_size, scale=d**-0.5)
         err = rel_err(out[offset : offset + lq].transpose(0, 1)[None], ref_out)
-        # a one-token sequence's output is its value row, which SDPA returns exactly: there the bound
-        # is the output's rounding to its dtype, half an ulp
+        # a one-token sequence's output is its value row, which SDPA returns exactly: there SDPA's
+        # error counts as the output's rounding to its dtype, half an ulp
         err_sdpa = (rel_err(reference.dense_causal_attention(qs, ks, vs, scale=d**-0.5), dense_ref)
                     or torch.finfo(dtype).eps / 2)
         worst = max(worst, err / err_sdpa)

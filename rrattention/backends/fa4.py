@@ -4,10 +4,12 @@ The selection becomes FA4's block-sparse lists on the device (:mod:`rrattention.
 tiles below the causal diagonal full, the others partial, per head, ``pack_gqa=False``) and
 ``flash_attn.cute.flash_attn_func`` runs them with ``causal=True`` (bottom-right for ``Lq < Lk``),
 returning the natural-log LSE; a packed batch's selection becomes FA4's varlen lists for
-``flash_attn_varlen_func`` (``attend(packed=...)``). It
-also runs the calls that spec §6 makes dense (the ``dense`` stage: ``flash_attn_func`` without
-block lists, GQA native): 1.09–1.19× cuDNN dense at 16K–128K on the H200
-(32/8 heads, D=128, ``results/kernels/h200/structured/``). Installed with ``pip install
+``flash_attn_varlen_func`` (``attend(packed=...)``; ``cu_total_m_blocks`` and
+``cu_block_idx_offsets``, which ``tests/test_kernels.py`` decodes on CPU as FA4's SM90 kernel reads
+them, and which matched the reference on the H100 in ``tools/gpu_check.py``'s two varlen cases,
+``results/kernels/h100/fa4-varlen/``). It also runs the calls that spec §6 makes dense (the
+``dense`` stage: ``flash_attn_func`` without block lists, GQA native): 1.09–1.19× cuDNN dense at
+16K–128K on the H200 (32/8 heads, D=128, ``results/kernels/h200/structured/``). Installed with ``pip install
 rrattention[fa4]``; without it, or where FA4 is wrong or untested, dispatch falls back to the Triton
 kernel (the reference's SDPA for dense calls) and says why.
 """
@@ -29,12 +31,6 @@ MIN_DENSE_FLOPS = causal_flops(1, 9, 32768, 32768, 64)
 # SmolLM2's own masks 32.9 ms against FA4's 35.5 for the 30 layers, on random masks 1.47 against
 # 1.49 ms (d=0.5), and SmolLM2's prefill 1.52x SDPA at 32K without FA4 against 1.41x with it.
 SLOWER_THAN_TRITON_HEAD_DIMS = frozenset({64})
-
-# attend(packed=...) hands FA4 its varlen block-sparse lists (cu_total_m_blocks, cu_block_idx_offsets), which
-# tests/test_kernels.py decodes on CPU as FA4's SM90 kernel reads them; on the H100, tools/gpu_check.py's two
-# varlen cases (ragged, a one-token sequence, Lq < Lk, D=64 and 128, GQA 3 and 4) matched the reference
-# (results/kernels/h100/fa4-varlen/).
-
 
 def architecture_reasons(capability: tuple[int, int]) -> list[str]:
     """Why FA4's block-sparse forward is not used on a GPU of this compute capability."""
