@@ -18,6 +18,7 @@ call (N calls without synchronising, averaged).
 """
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -51,11 +52,12 @@ def trace_attention(q, k, v, mask: torch.Tensor, calls: int) -> pd.DataFrame:
         if reasons:
             print(f"{name}: declines ({'; '.join(reasons)})")
             continue
-        backend.attend(q, k, v, selection, block_size=BLOCK, scale=scale)  # compiles
+        attend = functools.partial(backend.attend, q, k, v, selection, block_size=BLOCK, scale=scale)
+        attend()  # compiles
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(calls):
-                backend.attend(q, k, v, selection, block_size=BLOCK, scale=scale)
+                attend()
             torch.cuda.synchronize()
         for event in prof.key_averages():
             if event.device_time_total > 0:
@@ -64,11 +66,10 @@ def trace_attention(q, k, v, mask: torch.Tensor, calls: int) -> pd.DataFrame:
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(calls):
-            backend.attend(q, k, v, selection, block_size=BLOCK, scale=scale)
+            attend()
         host_ms = (time.perf_counter() - start) * 1e3 / calls
         torch.cuda.synchronize()
-        stage_ms = triton.testing.do_bench(lambda: backend.attend(q, k, v, selection, block_size=BLOCK, scale=scale),
-                                           warmup=50, rep=300, return_mode="median")
+        stage_ms = triton.testing.do_bench(attend, warmup=50, rep=300, return_mode="median")
         rows.append({"backend": name, "kernel": "(stage, do_bench)", "launches": None, "ms_per_call": stage_ms})
         rows.append({"backend": name, "kernel": "(host, per call)", "launches": None, "ms_per_call": host_ms})
     table = pd.DataFrame(rows)
@@ -95,24 +96,29 @@ def main() -> None:
         raise SystemExit(f"--trace must be a number of calls >= 0, got {args.trace}")
     length, scale = args.length, HEAD_DIM**-0.5
     q, k, v = make_qkv(32, 8, length, HEAD_DIM, args.layout)
-    scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, head_shift="round_robin", scale=scale)
-    mask, count, index = select_blocks(scores, q_len=length, k_len=length, block_size=BLOCK, tau=0.95,
-                                       selector="top_tau", force_sink=True, force_diagonal=True,
-                                       dense_last_query_block=True)
+
+    def estimate_and_select():
+        scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, head_shift="round_robin", scale=scale)
+        return select_blocks(scores, q_len=length, k_len=length, block_size=BLOCK, tau=0.95, selector="top_tau",
+                             force_sink=True, force_diagonal=True, dense_last_query_block=True)
+
+    random_lists = None
     if args.density is not None:
         mask = random_mask(32, length, BLOCK, args.density, seed=length)
-        count, index = rr.to_kv_index(mask)
+        random_lists = rr.to_kv_index(mask)
     if args.trace:
+        if random_lists is None:
+            mask = estimate_and_select()[0]
         density = float(mask.sum() / (rr.reference.visible_blocks(length, length, BLOCK, "cuda").sum() * 32))
         table = trace_attention(q, k, v, mask, args.trace)
         print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; L={length}, 32/8 heads, D={HEAD_DIM}, "
               f"bf16, {args.layout} layout, density {density:.3f}, {args.trace} calls per backend")
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         return
-    for _ in range(2):  # compile, then the launches to profile
-        scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, head_shift="round_robin", scale=scale)
-        select_blocks(scores, q_len=length, k_len=length, block_size=BLOCK, tau=0.95, selector="top_tau",
-                      force_sink=True, force_diagonal=True, dense_last_query_block=True)
+    for _ in range(2):  # compile, then the launches to profile: estimate, select, attention in each round
+        _, count, index = estimate_and_select()
+        if random_lists is not None:
+            count, index = random_lists
         block_sparse_attention(q, k, v, count, index, block_size=BLOCK, scale=scale)
     torch.cuda.synchronize()
 
