@@ -4,9 +4,10 @@
         --launch-count 3 --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy \\
         --section LaunchStats python tools/profile_kernels.py --length 32768
 
-The first round of launches compiles the kernels (ncu's --launch-skip steps over it). ``--density
-D`` gives the attention ``bench_kernels.py``'s random mask of that density instead of the selection
-the estimator makes of Gaussian inputs (nearly dense).
+The first round of launches compiles the kernels (ncu's --launch-skip steps over it).
+``--precision`` sets the estimator's mode. ``--density D`` gives the attention ``bench_kernels.py``'s
+random mask of that density instead of the selection the estimator makes of Gaussian inputs (nearly
+dense).
 
 ``--trace N`` instead runs the attention stage N times through each backend that accepts the call
 (``triton``, and ``fa4`` where installed), under ``torch.profiler``, and prints every GPU kernel
@@ -87,6 +88,7 @@ def main() -> None:
                     help="attend on a random mask of this density instead of the estimated selection")
     ap.add_argument("--layout", choices=("heads", "tokens"), default="heads",
                     help="q, k, v in [B, H, L, D] memory or a framework's [B, L, H, D]")
+    ap.add_argument("--precision", choices=("exact", "fast"), default="exact", help="the estimator's mode")
     ap.add_argument("--trace", type=int, default=0, metavar="N",
                     help="profile N attention stages per backend with torch.profiler and print their kernels")
     args = ap.parse_args()
@@ -98,7 +100,8 @@ def main() -> None:
     q, k, v = make_qkv(32, 8, length, HEAD_DIM, args.layout)
 
     def estimate_and_select():
-        scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, head_shift="round_robin", scale=scale)
+        scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, head_shift="round_robin", scale=scale,
+                                       precision=args.precision)
         return select_blocks(scores, q_len=length, k_len=length, block_size=BLOCK, tau=0.95, selector="top_tau",
                              force_sink=True, force_diagonal=True, dense_last_query_block=True)
 

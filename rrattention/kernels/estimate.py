@@ -18,7 +18,8 @@ Two kernels:
   each ``K̄`` tile is read once for all ``G`` heads of the group, and makes one pass over the
   visible key strides: each tile's logits are computed once, and their probabilities relative to
   the rows' running max are summed per key block into the program's scratch, with that max beside
-  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM). At the item's end they are rescaled to
+  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM; the maxima tile-major, one contiguous
+  store per tile). At the item's end they are rescaled to
   the final max and normaliser and summed over the ``R`` rows of each query block. Only the block
   scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
   scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
@@ -210,7 +211,10 @@ def _estimate_kernel(
     d_ok = offs_d < HEAD_DIM
     tile_cols = tl.arange(0, TILE_BLOCKS)
     partial_rows = Partial + slot.to(tl.int64) * ROWS * n_tiles * TILE_BLOCKS + rows[:, None] * (n_tiles * TILE_BLOCKS)
-    tile_max_rows = TileMax + slot.to(tl.int64) * ROWS * n_tiles + rows * n_tiles
+    # The tile maxima lie tile-major, so a tile's ROWS maxima are one contiguous store: row-major,
+    # each took a 32-byte sector of its own, 3-4% of the kernel's time on the H100
+    # (results/kernels/h100/tile-major-max/).
+    tile_max_rows = TileMax + slot.to(tl.int64) * ROWS * n_tiles + rows
     for round_ in range(0, tl.cdiv(n_items, programs)):
         item = round_ * programs + tl.where(round_ % 2 == 0, slot, programs - 1 - slot)
         kv_head = item % n_kv_heads
@@ -293,7 +297,7 @@ def _estimate_kernel(
                 l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(partial, 1)
                 m_i = m_new
                 tl.store(partial_rows + (n0 // R + tile_cols)[None, :], partial)
-                tl.store(tile_max_rows + n0 // BLOCK_N, m_new)
+                tl.store(tile_max_rows + n0 // BLOCK_N * ROWS, m_new)
             tl.debug_barrier()  # the scratch is read back below by other threads of this program
 
             # Rescale each tile to the rows' final max, normalise, and sum the R rows of each query
@@ -308,7 +312,7 @@ def _estimate_kernel(
             for n0 in range(0, n_key_blocks * R, BLOCK_N):
                 if n0 < n_end:
                     # exp2(−inf) = 0 where a row saw nothing up to this tile: its final max is at least the tile's
-                    weight = tl.exp2(tl.load(tile_max_rows + n0 // BLOCK_N) - m_final) * inv_l
+                    weight = tl.exp2(tl.load(tile_max_rows + n0 // BLOCK_N * ROWS) - m_final) * inv_l
                     p = tl.load(partial_rows + (n0 // R + tile_cols)[None, :]) * weight[:, None]
                     blocks = tl.sum(tl.reshape(p, [PAIRS, R, TILE_BLOCKS]), axis=1)
                 else:
