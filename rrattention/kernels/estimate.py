@@ -18,8 +18,8 @@ Two kernels:
   each ``K̄`` tile is read once for all ``G`` heads of the group, and makes one pass over the
   visible key strides: each tile's logits are computed once, and their probabilities relative to
   the rows' running max are summed per key block into the program's scratch, with that max beside
-  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM; the maxima tile-major, one contiguous
-  store per tile). At the item's end they are rescaled to
+  them (``ROWS × Lk/Bk`` sums per program, in L2 or HBM; sums and maxima tile-major, one
+  contiguous store each per tile). At the item's end they are read back a tile ahead, rescaled to
   the final max and normaliser and summed over the ``R`` rows of each query block. Only the block
   scores are written; the ``(Lq/S) × (Lk/S)`` logits never leave registers. A two-pass kernel (max and sum, then the probabilities) needs no
   scratch but computes every logit twice: it was 1.4–1.6× slower on the H200
@@ -210,10 +210,11 @@ def _estimate_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     tile_cols = tl.arange(0, TILE_BLOCKS)
-    partial_rows = Partial + slot.to(tl.int64) * ROWS * n_tiles * TILE_BLOCKS + rows[:, None] * (n_tiles * TILE_BLOCKS)
-    # The tile maxima lie tile-major, so a tile's ROWS maxima are one contiguous store: row-major,
-    # each took a 32-byte sector of its own, 3-4% of the kernel's time on the H100
-    # (results/kernels/h100/tile-major-max/).
+    # The scratch lies tile-major: a tile's ROWS maxima are one contiguous store, and its partial
+    # sums another. Row-major, each row's maximum took a 32-byte sector of its own, 3-4% of the
+    # kernel's time on the H100 (results/kernels/h100/tile-major-max/); the sums 2%
+    # (results/kernels/h100/scratch-prefetch/).
+    partial_rows = Partial + slot.to(tl.int64) * ROWS * n_tiles * TILE_BLOCKS + rows[:, None] * TILE_BLOCKS
     tile_max_rows = TileMax + slot.to(tl.int64) * ROWS * n_tiles + rows
     for round_ in range(0, tl.cdiv(n_items, programs)):
         item = round_ * programs + tl.where(round_ % 2 == 0, slot, programs - 1 - slot)
@@ -296,7 +297,7 @@ def _estimate_kernel(
                                  axis=2)
                 l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(partial, 1)
                 m_i = m_new
-                tl.store(partial_rows + (n0 // R + tile_cols)[None, :], partial)
+                tl.store(partial_rows + n0 // BLOCK_N * (ROWS * TILE_BLOCKS) + tile_cols[None, :], partial)
                 tl.store(tile_max_rows + n0 // BLOCK_N * ROWS, m_new)
             tl.debug_barrier()  # the scratch is read back below by other threads of this program
 
@@ -309,16 +310,25 @@ def _estimate_kernel(
             s_base = (Scores + seq * stride_sb + (kv_head * GROUP + (pair0 + pairs) % GROUP).to(tl.int64)[:, None]
                       * stride_sh + query_block.to(tl.int64) * stride_si)
             out_rows = query_block < tl.cdiv(q_len, R * STRIDE)
-            for n0 in range(0, n_key_blocks * R, BLOCK_N):
-                if n0 < n_end:
-                    # exp2(−inf) = 0 where a row saw nothing up to this tile: its final max is at least the tile's
-                    weight = tl.exp2(tl.load(tile_max_rows + n0 // BLOCK_N * ROWS) - m_final) * inv_l
-                    p = tl.load(partial_rows + (n0 // R + tile_cols)[None, :]) * weight[:, None]
-                    blocks = tl.sum(tl.reshape(p, [PAIRS, R, TILE_BLOCKS]), axis=1)
-                else:
-                    blocks = tl.zeros([PAIRS, TILE_BLOCKS], tl.float32)
+            # Each tile's scratch is loaded one tile ahead (the last tile again at the end), so that the
+            # loads are in flight while the tile before is summed: loaded where they were used, their
+            # latency was 0.8 ms of the exact mode's 6.2 at 128K on the H100
+            # (results/kernels/h100/scratch-prefetch/). Tiles past the last visible stride hold zeros.
+            tile_max = tl.load(tile_max_rows)
+            tile_partial = tl.load(partial_rows + tile_cols[None, :])
+            for n0 in range(0, n_end, BLOCK_N):
+                next_tile = tl.minimum(n0 + BLOCK_N, n_end - 1) // BLOCK_N
+                next_max = tl.load(tile_max_rows + next_tile * ROWS)
+                next_partial = tl.load(partial_rows + next_tile * (ROWS * TILE_BLOCKS) + tile_cols[None, :])
+                # exp2(−inf) = 0 where a row saw nothing up to this tile: its final max is at least the tile's
+                weight = tl.exp2(tile_max - m_final) * inv_l
+                blocks = tl.sum(tl.reshape(tile_partial * weight[:, None], [PAIRS, R, TILE_BLOCKS]), axis=1)
                 kb = (n0 // R + tile_cols)[None, :]
                 tl.store(s_base + kb, blocks, mask=out_rows & (kb < n_key_blocks))
+                tile_max, tile_partial = next_max, next_partial
+            for n0 in range(tl.cdiv(n_end, BLOCK_N) * BLOCK_N, n_key_blocks * R, BLOCK_N):
+                kb = (n0 // R + tile_cols)[None, :]
+                tl.store(s_base + kb, tl.zeros([PAIRS, TILE_BLOCKS], tl.float32), mask=out_rows & (kb < n_key_blocks))
             tl.debug_barrier()  # the next item overwrites the scratch
 
 
