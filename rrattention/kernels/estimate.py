@@ -212,7 +212,7 @@ def _estimate_kernel(
     tile_cols = tl.arange(0, TILE_BLOCKS)
     # The scratch lies tile-major: a tile's ROWS maxima are one contiguous store, and its partial
     # sums another. Row-major, each row's maximum took a 32-byte sector of its own, 3-4% of the
-    # kernel's time on the H100 (results/kernels/h100/tile-major-max/); the sums 2%
+    # kernel's time on the H100 (results/kernels/h100/tile-major-max/); the sums 2-4%
     # (results/kernels/h100/scratch-prefetch/).
     partial_rows = Partial + slot.to(tl.int64) * ROWS * n_tiles * TILE_BLOCKS + rows[:, None] * TILE_BLOCKS
     tile_max_rows = TileMax + slot.to(tl.int64) * ROWS * n_tiles + rows
