@@ -173,8 +173,9 @@ class RRConfig(AttentionConfig):
         exact_stride_causal: in the estimator, drop the keys of the diagonal stride that lie after
             the sampled query (they count as zero, the divisor stays ``S``); an ablation.
         estimator_precision: how the Triton estimator holds the fp32 stride-mean keys for 16-bit
-            inputs: ``exact`` (two fp16 terms after a power-of-two scaling per stride, 22 bits of
-            each fp32 mean, and the sampled rows scaled into fp16 exactly) or ``fast`` (the mean
+            inputs: ``exact`` (two fp16 terms after a power-of-two scaling per tile of strides,
+            22 bits of each fp32 mean down to 2^−17 of its tile's largest, and the sampled rows
+            scaled into fp16 exactly) or ``fast`` (the mean
             rounded once to the input's dtype, as the paper's code does: one tensor-core product
             instead of two). fp32 inputs are exact either way; the reference backend rounds
             the fast mode's means the same way.

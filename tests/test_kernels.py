@@ -83,6 +83,27 @@ def test_exact_estimator_scales_16_bit_rows_into_fp16s_range(dtype, q_scale, k_s
     torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
 
 
+@pytest.mark.parametrize("dtype, factor", [(torch.bfloat16, 2.0**20), (torch.float16, 2.0**12)])
+def test_exact_estimator_keeps_means_far_below_their_tiles_largest(dtype, factor):
+    """The exact mode scales the means by one power of two per tile of strides: one stride's
+    elements ``factor`` above the rest (in a dimension the sampled rows do not use, so the logits
+    stay ordinary) leave the others' low fp16 terms subnormal, and their logits must still score
+    like fp32."""
+    q, k, _ = make_qkv(1, 2, 1, 256, 256, 32, seed=5, device=DEVICE)
+    q[..., 0] = 0.0
+    k[..., 16:24, 0] *= factor
+    q, k = q.to(dtype), k.to(dtype)
+    assert bool(torch.isfinite(k).all())
+    cfg = rr.RRConfig(stride=8, block_size=64)
+    want = rr.estimate_block_scores(q, k, cfg, backend="reference")
+    got = estimate_kernel(q, k, stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5,
+                          config=_estimate_config())
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=2e-6)
+    fast = estimate_kernel(q, k, stride=8, block_size=64, head_shift="round_robin", scale=32**-0.5,
+                           precision="fast", config=_estimate_config())
+    assert float((fast - want).abs().max()) > 2e-6  # the case needs the second term
+
+
 def test_estimator_refuses_a_number_of_mean_terms_its_inputs_cannot_take():
     q, k, _ = make_qkv(1, 2, 1, 128, 128, 16, device=DEVICE)
     common = dict(stride=8, block_size=64, head_shift="round_robin", scale=0.25)

@@ -4,13 +4,18 @@ Two kernels:
 
 * ``_stride_means_kernel``: ``K̄_n`` of every key stride in fp32. For 16-bit inputs in the exact
   mode it is stored as ``hi + lo``, two fp16 terms, after scaling by the power of two that puts
-  its largest element in ``[2^14, 2^15)`` (the inverse goes beside it, one fp32 per stride), so
-  the logits below use the tensor cores yet carry 22 bits of each mean: a 16-bit ``q`` row, scaled
-  the same way, is exact in fp16 (bf16's 8 mantissa bits fit fp16's 11), and the products of fp16
-  terms are exact in fp32. Two fp16 terms rather than three bf16 ones (24 bits): on the same
-  launch config they were no faster, but only two tiles per stage fit shared memory at the faster
-  D=128 config (256 rows, 2 stages; three took 266240 bytes against the H200's 232448,
-  ``results/kernels/h200/two-terms/``). The fast mode rounds the mean once to the input's dtype,
+  the largest element of its group of ``BLOCK_N`` strides (one tile of the estimator) in
+  ``[2^14, 2^15)`` (the inverse goes beside it, one fp32 per group), so the logits below use the
+  tensor cores yet carry 22 bits of each mean: a 16-bit ``q`` row, scaled the same way, is exact in
+  fp16 (bf16's 8 mantissa bits fit fp16's 11), and the products of fp16 terms are exact in fp32.
+  An element ``2^−17`` or more below its group's largest keeps fewer bits, but its error stays
+  below ``2^−40`` of that largest element: the logits' absolute error, which is what the softmax
+  sees, is as small as with a scale per stride. One scale per tile rather than per stride lets the
+  estimator fold it into the rows' logit scale: no per-logit multiply, no per-stride load
+  (``results/kernels/sm90-static/tile-scale/``). Two fp16 terms rather than three bf16 ones (24
+  bits): on the same launch config they were no faster, but only two tiles per stage fit shared
+  memory at the faster D=128 config (256 rows, 2 stages; three took 266240 bytes against the
+  H200's 232448, ``results/kernels/h200/two-terms/``). The fast mode rounds the mean once to the input's dtype,
   unscaled (``SPLITS=1``), as the paper's code does.
 * ``_estimate_kernel``: persistent programs, a few per multiprocessor, each taking work items
   (sequence, KV head, chunk of ``ROWS / R`` (query block, query head) pairs of the KV group),
@@ -122,11 +127,10 @@ def _stride_means_kernel(
     out = seq * stride_mb + head * stride_mh + offs_n.to(tl.int64)[:, None] * stride_mn + offs_d[None, :]
     store_ok = (offs_n < n_rows)[:, None] & d_ok[None, :]
     if SPLITS == 2:
-        factor, inverse = _unit_scale(tl.max(tl.abs(acc), 1))
-        acc = acc * factor[:, None]
-        # the scales lie like the means without their last dimension
-        scale_at = (seq * stride_mb + head * stride_mh) // HEAD_DIM + offs_n.to(tl.int64)
-        tl.store(InvScale + scale_at, inverse, mask=offs_n < n_rows)
+        # one scale per program: its BLOCK_S strides are one tile of the estimator
+        factor, inverse = _unit_scale(tl.max(tl.max(tl.abs(acc), 1), 0))
+        acc = acc * factor
+        tl.store(InvScale + (seq * tl.num_programs(1) + head) * tl.num_programs(0) + tl.program_id(0), inverse)
     hi = acc.to(Hi.dtype.element_ty)
     tl.store(Hi + out, hi, mask=store_ok)
     if SPLITS == 2:
@@ -134,7 +138,7 @@ def _stride_means_kernel(
 
 
 @triton.jit
-def _tile_logits(q, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, stride_mn, n0, n_key_strides, d_ok,
+def _tile_logits(q, Hi, Lo, DescHi, DescLo, inverse, mean_base, first_mean_row, stride_mn, n0, n_key_strides, d_ok,
                  last_stride, z_diag, n_unmasked, q_rows, row_ok, t, q_start, q_len, k_rows,
                  k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N: tl.constexpr, STRIDE: tl.constexpr,
                  SPLITS: tl.constexpr, EXACT: tl.constexpr, ANTIDIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -142,8 +146,9 @@ def _tile_logits(q, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, str
     """Logits of key strides ``[n0, n0 + BLOCK_N)``, ``−inf`` where not visible: ``q · K̄ᵀ`` (RR),
     or with ``ANTIDIAGONAL`` ``Σ_j q_{t+S−1−j} · k_{nS+j}`` (XAttention), without the logit scale,
     which the caller's exponent applies. With ``SPLITS=2`` ``q`` holds the fp16 rows scaled by
-    ``2^e_r``: the means' own ``2^−e_n`` are read from ``InvScale`` and undone here, the rows'
-    ``2^e_r`` is left in (``z_diag`` carries it too) for the exponent's row scale. With ``TMA`` the
+    ``2^e_r`` and the means their tile's ``2^e_n``: both are left in for the exponent's scale,
+    except with ``EXACT``, whose ``z_diag`` (in units of ``2^e_r`` only) replaces the diagonal
+    stride's logit, so the tile's ``inverse = 2^−e_n`` is undone here first. With ``TMA`` the
     means come through descriptors over their ``[rows, D]`` view, one row per stride, whose rows
     past ``n_key_strides`` are the next head's or zeros: only the last tile reaches them, and the
     causal mask sets them to ``−inf``."""
@@ -162,19 +167,19 @@ def _tile_logits(q, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, str
         ptr = mean_base + offs_n.to(tl.int64)[:, None] * stride_mn
         load_mask = (offs_n < n_key_strides)[:, None] & d_ok[None, :]
         if TMA:
-            hi = DescHi.load([scale_base + n0, 0])
+            hi = DescHi.load([first_mean_row + n0, 0])
         else:
             hi = tl.load(Hi + ptr, mask=load_mask, other=0.0)
         z = tl.dot(q, tl.trans(hi), input_precision=DOT_PRECISION)
         if SPLITS == 2:
             if TMA:
-                lo = DescLo.load([scale_base + n0, 0])
+                lo = DescLo.load([first_mean_row + n0, 0])
             else:
                 lo = tl.load(Lo + ptr, mask=load_mask, other=0.0)
             # accumulating in the product (not ``z += dot``) keeps one accumulator tile in registers
             z = tl.dot(q, tl.trans(lo), z, input_precision=DOT_PRECISION)
-            inverse = tl.load(InvScale + scale_base + offs_n, mask=offs_n < n_key_strides, other=1.0)
-            z = z * inverse[None, :]  # a power of two: exact, and |z| ≤ 2^15 · |K̄| · D cannot overflow
+            if EXACT:
+                z = z * inverse  # a power of two: exact, and |z| ≤ 2^15 · |K̄| · D cannot overflow
     if n0 >= n_unmasked:  # the tile reaches some row's diagonal stride
         if EXACT:
             z = tl.where(offs_n[None, :] == last_stride[:, None], z_diag[:, None], z)
@@ -260,21 +265,17 @@ def _estimate_kernel(
                 z_diag = z_diag / STRIDE
 
             mean_base = seq * stride_mb + kv_head * stride_mh + offs_d[None, :]
-            scale_base = (seq * stride_mb + kv_head * stride_mh) // HEAD_DIM  # see _stride_means_kernel
+            first_mean_row = (seq * stride_mb + kv_head * stride_mh) // HEAD_DIM  # in the means' [rows, D] view
+            first_tile_scale = (seq * n_kv_heads + kv_head) * n_tiles  # see _stride_means_kernel
             if SPLITS == 2:
                 q32 = q.to(tl.float32)
                 q_factor, q_inverse = _unit_scale(tl.max(tl.abs(q32), 1))
                 q_dot = (q32 * q_factor[:, None]).to(Hi.dtype.element_ty)
                 z_diag = z_diag * q_factor  # in the units of the tiles' logits
-                # At least fp32's smallest normal: a zero or tiny row's qk_scale · 2^−e_r is
-                # subnormal, and −inf times a flushed zero would be NaN. Such a row's logits are
-                # below 2^−80, so their exponentials are 1 at either scale.
-                row_scale = tl.maximum(q_inverse * qk_scale, 1.1754943508222875e-38)
+                row_scale = q_inverse * qk_scale
             else:
                 q_dot = q
             n_end = tl.max(last_stride) + 1
-            logit_scale = row_scale if SPLITS == 2 else qk_scale  # per row, or one for all rows
-            logit_scale_2d = row_scale[:, None] if SPLITS == 2 else qk_scale
 
             # Stage 2 in one pass over the visible key strides (base 2): each tile's probabilities,
             # relative to the rows' running max, summed over the keys of each Bk block into the slot's
@@ -284,7 +285,18 @@ def _estimate_kernel(
             m_i = tl.full([ROWS], float("-inf"), tl.float32)
             l_i = tl.zeros([ROWS], tl.float32)
             for n0 in range(0, n_end, BLOCK_N):
-                z = _tile_logits(q_dot, Hi, Lo, DescHi, DescLo, InvScale, mean_base, scale_base, stride_mn, n0,
+                if SPLITS == 2:
+                    inverse = tl.load(InvScale + first_tile_scale + n0 // BLOCK_N)
+                    # At least fp32's smallest normal: a zero or tiny row's scale is subnormal,
+                    # and −inf times a flushed zero would be NaN. Such a row's logits are below
+                    # 2^−80, so their exponentials are 1 at either scale.
+                    logit_scale = tl.maximum(row_scale if EXACT else row_scale * inverse, 1.1754943508222875e-38)
+                    logit_scale_2d = logit_scale[:, None]
+                else:
+                    inverse = 1.0
+                    logit_scale = qk_scale  # one for all rows
+                    logit_scale_2d = qk_scale
+                z = _tile_logits(q_dot, Hi, Lo, DescHi, DescLo, inverse, mean_base, first_mean_row, stride_mn, n0,
                                  n_key_strides, d_ok, last_stride, z_diag, n_unmasked, q_rows, row_ok, t, q_start,
                                  q_len, k_rows, k_start, k_len, stride_qm, stride_kn, offs_d, BLOCK_N, STRIDE, SPLITS,
                                  EXACT, ANTIDIAGONAL, DOT_PRECISION, TMA)
@@ -385,7 +397,7 @@ def estimate_block_scores(
     (``SPLITS=1``) instead of the exact two scaled fp16 terms. ``config`` overrides launch
     parameters (``ROWS``, ``BLOCK_N``, ``SPLITS``, warps, stages, ``PROGRAMS_PER_SM``, or
     ``PROGRAMS``: the number of persistent programs). Beside the means (``SPLITS × Lk/S × D`` per
-    KV head and sequence, and with two terms one fp32 scale per stride) the launch takes a scratch of
+    KV head and sequence, and with two terms one fp32 scale per tile of strides) the launch takes a scratch of
     ``programs × ROWS × ⌈Lk/S / BLOCK_N⌉ × (BLOCK_N·S/Bk + 1)`` fp32 values (148.5 MiB at 128K
     tokens with ``BLOCK_N=128`` on the H200's 132 multiprocessors at D=128: two programs of 128 rows
     each in either mode; with pointer loads, one of 256 rows in the exact mode; the same at D=64 on
@@ -416,7 +428,7 @@ def estimate_block_scores(
     else:
         split_means = torch.empty(geo.means_shape, dtype=geo.means_dtype, device=q.device).unbind(0)
         if len(split_means) == 2:
-            means = (*split_means, torch.empty(geo.means_shape[1:4], dtype=torch.float32, device=q.device))
+            means = (*split_means, torch.empty(geo.scales_shape, dtype=torch.float32, device=q.device))
         else:
             means = (split_means[0],) * 3  # the unused pointers
         launch(_stride_means_kernel, geo.means_grid, (k, *means, cu_seqlens_k if varlen else means[0]),
@@ -463,7 +475,8 @@ def means_tma_supported(device: torch.device, dtype: torch.dtype, head_dim: int,
 class _EstimateGeometry(NamedTuple):
     """Everything about the estimator's launches that depends on shapes and settings only."""
 
-    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D]; two terms add fp32 scales [N or B, Hkv, n_strides]
+    means_shape: tuple  # [SPLITS, N or B, Hkv, n_strides, D]
+    scales_shape: tuple  # two terms: the fp32 inverse scales, [N or B, Hkv, n_tiles], one per tile of strides
     means_dtype: torch.dtype
     means_grid: tuple
     means_scalars: tuple
@@ -527,16 +540,17 @@ def _estimate_geometry(q_shape, q_stride, k_shape, k_stride, dtype, multiprocess
     tile_max_numel = programs * rows * n_tiles
     means_shape = (splits, num_seqs, kv_heads, n_strides, head_dim)
     mean_strides = (kv_heads * n_strides * head_dim, n_strides * head_dim, head_dim)  # of one contiguous split
-    block_s = 64
+    block_s = block_n if splits == 2 else 64  # two terms: one scale per tile of the estimator
     if antidiagonal:
         scale = scale / stride
     return _EstimateGeometry(
         means_shape=means_shape,
+        scales_shape=(num_seqs, kv_heads, n_tiles),
         means_dtype=torch.float16 if splits == 2 else dtype,
         means_grid=(cdiv(n_strides, block_s), kv_heads, num_seqs),
         means_scalars=(*k_strides, *mean_strides, k_len_fixed, n_strides),
         means_constexprs=dict(STRIDE=stride, HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), BLOCK_S=block_s,
-                              SPLITS=splits, VARLEN=varlen),
+                              SPLITS=splits, VARLEN=varlen, num_warps=8 if block_s * next_pow2(head_dim) > 8192 else 4),
         scores_shape=(num_seqs, q_heads, cdiv(max_q, block_size), cdiv(max_k, block_size)),
         scratch_numel=tile_max_numel * (1 + block_n // per_block),
         tile_max_numel=tile_max_numel,
